@@ -1,0 +1,1 @@
+"""Data: offline sets (offline.py), readers and decoding."""

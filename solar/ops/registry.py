@@ -1,0 +1,146 @@
+"""One backend switch for every fused op.
+
+Backends: ``cuda`` (csrc CUDA C++), ``triton`` (kernels/), ``cpu`` (csrc CPU C++) and ``torch``
+(the pure-PyTorch references, always there).  Kernel backends register a ``KernelImpl`` per op from
+their own module, which is imported only the first time that backend is considered, so
+``import solar`` never loads triton or a compiled module.
+
+Choice: ``backend="auto"`` (or the ``SOLAR_BACKEND`` environment variable) takes the first backend
+in ``AUTO_ORDER`` for the inputs' device that is built, can run here and supports the inputs; an
+explicit backend that cannot run raises ``BackendUnavailable`` listing what is available.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+BACKENDS = ("cuda", "triton", "cpu", "torch")
+OPS = ("masked_pool", "contrastive_loss", "gcl_loss", "multi_positive_infonce")
+ENV_VAR = "SOLAR_BACKEND"
+
+# Preference per device type for backend="auto".
+AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+
+# backend -> (module that registers it, how to get it)
+_PROVIDERS = {
+    "triton": ("solar_kernels",
+               "install Triton (pip install 'solar-mm[triton]'); it runs on CUDA GPUs, or on CPU "
+               "tensors under TRITON_INTERPRET=1 (slow, for tests)"),
+    "cpu": ("solar.ops._native",
+            "build the csrc module: pip install -e . with a C++ compiler and cmake "
+            "(and SOLAR_SKIP_NATIVE unset)"),
+    "cuda": ("solar.ops._native",
+             "build the csrc CUDA module (nvcc on PATH, SOLAR_SKIP_CUDA unset) and run on a CUDA GPU "
+             "with a CUDA build of torch"),
+}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend is not built, cannot run here, or does not support the inputs."""
+
+
+@dataclass
+class KernelImpl:
+    """A kernel backend's implementation of one op.
+
+    ``forward`` and ``backward`` follow the op's canonical signature (see solar/ops/_library.py);
+    ``supports(*tensors)`` returns None when the inputs can be handled, else the reason.
+    ``can_run()`` says whether the backend runs on this machine at all.
+    """
+    forward: Callable
+    backward: Callable
+    supports: Callable[..., Optional[str]] = lambda *a, **k: None
+    can_run: Callable[[], Optional[str]] = lambda: None
+
+
+_IMPLS: dict[tuple[str, str], KernelImpl] = {}
+_LOAD_ERRORS: dict[str, str] = {}
+_LOADED: set[str] = set()
+
+
+def register(op: str, backend: str, impl: KernelImpl) -> None:
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; ops are {OPS}")
+    if backend not in BACKENDS or backend == "torch":
+        raise ValueError(f"cannot register backend {backend!r}; kernel backends are {BACKENDS[:3]}")
+    _IMPLS[(op, backend)] = impl
+
+
+def _load(backend: str) -> None:
+    if backend == "torch" or backend in _LOADED:
+        return
+    _LOADED.add(backend)
+    module, _ = _PROVIDERS[backend]
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # a missing optional part must not break the other backends
+        _LOAD_ERRORS[backend] = f"{type(err).__name__}: {err}"
+
+
+def get_impl(op: str, backend: str) -> KernelImpl:
+    _load(backend)
+    impl = _IMPLS.get((op, backend))
+    if impl is None:
+        raise BackendUnavailable(_why_missing(op, backend))
+    return impl
+
+
+def _why_missing(op: str, backend: str) -> str:
+    err = _LOAD_ERRORS.get(backend)
+    why = f"not built or not installed ({err})" if err else f"provides no {op!r}"
+    return f"backend {backend!r} {why}; to get it: {_PROVIDERS[backend][1]}"
+
+
+def backend_status(backend: str, op: str = "masked_pool") -> tuple[bool, Optional[str]]:
+    """(built, reason it cannot run here or None)."""
+    if backend == "torch":
+        return True, None
+    _load(backend)
+    impl = _IMPLS.get((op, backend))
+    if impl is None:
+        return False, _why_missing(op, backend)
+    return True, impl.can_run()
+
+
+def available_backends(op: str = "masked_pool") -> list[str]:
+    """Backends that are built and can run on this machine for ``op``."""
+    return [b for b in BACKENDS if backend_status(b, op) == (True, None)]
+
+
+def requested_backend(backend: Optional[str]) -> str:
+    name = (backend or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {name!r}"
+                         + (f" (from ${ENV_VAR})" if not backend else ""))
+    return name
+
+
+def resolve(op: str, backend: Optional[str], *tensors: Optional[torch.Tensor]) -> str:
+    """The backend that will run ``op`` on these tensors."""
+    name = requested_backend(backend)
+    ts = [t for t in tensors if isinstance(t, torch.Tensor)]
+    device = ts[0].device.type if ts else "cpu"
+    if name == "torch":
+        return name
+    if name != "auto":
+        impl = get_impl(op, name)
+        reason = impl.can_run() or impl.supports(*tensors)
+        if reason:
+            raise BackendUnavailable(
+                f"backend {name!r} cannot run {op!r} here: {reason}. "
+                f"Available for {op!r}: {available_backends(op)}")
+        return name
+    for cand in AUTO_ORDER.get(device, ("torch",)):
+        if cand == "torch":
+            return cand
+        try:
+            impl = get_impl(op, cand)
+        except BackendUnavailable:
+            continue
+        if impl.can_run() is None and impl.supports(*tensors) is None:
+            return cand
+    return "torch"

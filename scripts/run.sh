@@ -63,8 +63,8 @@ case "${1:-}" in
     setup
     shift
     if $PY -c 'import solar_milvus.cli' 2>/dev/null; then
-      exec solar-index demo "$@"
+      exec $PY -m solar.cli demo "$@"
     fi
-    exec solar-index info ;;
+    exec $PY -m solar.cli info ;;
   *) echo "usage: bash scripts/run.sh {demo|test|setup} [args...]" >&2; exit 2 ;;
 esac

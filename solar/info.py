@@ -35,7 +35,9 @@ def collect() -> dict:
         per_op = {op: backend_status(b, op) for op in OPS_FOR_INFO}
         built = any(v[0] for v in per_op.values())
         runnable = [op for op, (ok, why) in per_op.items() if ok and why is None]
-        reasons = sorted({why for ok, why in per_op.values() if why})
+        # Prefer the reasons of ops that are built ("no CUDA device") over "provides no op".
+        reasons = (sorted({why for ok, why in per_op.values() if ok and why})
+                   or sorted({why for ok, why in per_op.values() if why}))
         info["backends"][b] = {"built": built, "runs_here": bool(runnable), "ops": runnable,
                                "why_not": reasons[0] if reasons and not runnable else None}
     return info

@@ -74,8 +74,9 @@ class CMakeBuild(build_ext):
             return
         import pybind11
 
+        lib_dir = build_temp / ext.target / "lib"
         cfg = [
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={lib_dir}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             "-DCMAKE_BUILD_TYPE=Release",
@@ -91,7 +92,18 @@ class CMakeBuild(build_ext):
             subprocess.run(["cmake", "--build", str(build_temp / ext.target), "--target", ext.target,
                             "-j", jobs], check=True)
         except subprocess.CalledProcessError as err:
-            self._fail(f"building {ext.name} failed ({err}); see the CMake output above")
+            return self._fail(f"building {ext.name} failed ({err}); see the CMake output above")
+        self._install_atomically(lib_dir, out_dir, ext.target)
+
+    @staticmethod
+    def _install_atomically(lib_dir: Path, out_dir: Path, target: str):
+        """Copy the module next to its package and rename it into place: a process that has the
+        old module loaded keeps its mapping instead of crashing on a file rewritten under it."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for built in lib_dir.glob(f"{target}*.so"):
+            tmp = out_dir / f".{built.name}.tmp"
+            shutil.copy2(built, tmp)
+            os.replace(tmp, out_dir / built.name)
 
 
 setup(

@@ -159,12 +159,33 @@ def _scan_clipart(root: Path) -> list[dict]:
         rel = png.relative_to(root / "png")
         meta = _svg_metadata((root / "svg" / rel).with_suffix(".svg"))
         rows.append({"path": str(png), "rel": str(rel), "sha1": hashlib.sha1(png.read_bytes()).hexdigest(),
-                     **meta})
+                     "pixels": _pixels(png), **meta})
     return rows
 
 
+def _pixels(png: Path) -> int:
+    """Width x height from the PNG header (the pixels are not decoded)."""
+    import warnings
+
+    from PIL import Image
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(png) as img:
+                return img.size[0] * img.size[1]
+    except Exception:  # an unreadable or bomb-sized file is left out like an oversized one
+        return -1
+
+
+# A few drawings are rendered at hundreds of megapixels (Pillow refuses them as decompression
+# bombs); they are left out of the set, as are files whose header cannot be read.
+MAX_CLIPART_PIXELS = 40_000_000
+_INDEX_VERSION = 2
+
+
 def _index_cache(root: Path) -> Path:
-    stamp = hashlib.sha1(f"{root}:{(root / 'png').stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    key = f"{root}:{(root / 'png').stat().st_mtime_ns}:{_INDEX_VERSION}"
+    stamp = hashlib.sha1(key.encode()).hexdigest()[:12]
     base = Path(os.environ.get("SOLAR_CACHE_DIR", Path.home() / ".cache" / "solar"))
     return base / f"clipart-index-{stamp}.json"
 
@@ -192,8 +213,8 @@ def _all_clipart() -> tuple:
         counts[r["title"]] = counts.get(r["title"], 0) + 1
     pairs, seen = [], set()
     for r in rows:
-        if r["sha1"] in seen:      # the same drawing filed under two categories is one item
-            continue
+        if r["sha1"] in seen or not 0 < r["pixels"] <= MAX_CLIPART_PIXELS:
+            continue                # duplicates filed under two categories are one item
         seen.add(r["sha1"])
         stem = Path(r["rel"]).stem
         raw_title = r["title"] if counts[r["title"]] <= 5 else ""

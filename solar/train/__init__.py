@@ -1,0 +1,9 @@
+"""Training: recipes stage1 / stage2 (SOLAR), gcl and clip (baselines), the loop, checkpoints,
+feature cache and distributed helpers.  Entry point: ``train(TrainConfig)`` or
+``solar-index train``."""
+from __future__ import annotations
+
+from .config import RECIPES, TrainConfig
+from .loop import train
+
+__all__ = ["TrainConfig", "train", "RECIPES"]

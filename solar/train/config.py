@@ -1,0 +1,111 @@
+"""Training configuration: one dataclass for the four recipes.
+
+Defaults are the project's choices where the papers are silent ([I] in the method spec); they
+fit the 2-core CPU machine with frozen offline towers and cached features.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+RECIPES = ("stage1", "stage2", "gcl", "clip")
+DEFAULT_MODEL = {"stage1": "solar-offline", "stage2": None, "gcl": "score-fusion-offline",
+                 "clip": "score-fusion-offline"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs.
+
+    recipe: "stage1", "stage2", "gcl" or "clip".
+    out_dir: run folder (checkpoint/, metrics.jsonl, the final model.safetensors + config.json).
+    model: preset name or checkpoint folder to start from (stage2: the stage-1 run folder).
+    model_overrides: ModelConfig fields replaced when ``model`` is a preset.
+    data: "clipart", "emoji" or "clipart+emoji" (offline sets); split: which split to train on.
+    limit: use only the first ``limit`` pairs of the set (before splitting).
+    steps: optimizer steps; epochs (if set) overrides steps as ceil(epochs * N / global batch).
+    batch_size: per device and micro-step; grad_accum micro-steps per optimizer step.
+    """
+    recipe: str = "stage1"
+    out_dir: str = "runs/solar"
+    model: Optional[str] = None
+    model_overrides: dict = field(default_factory=dict)
+    data: str = "clipart"
+    split: str = "train"
+    limit: Optional[int] = None
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    split_seed: int = 0
+    steps: int = 500
+    epochs: Optional[float] = None
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: Optional[float] = None             # None: 1e-3, or 1e-4 for stage2 (fine-tuning) [I]
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                       # bf16 autocast on CUDA (no effect on CPU)
+    cache_dir: Optional[str] = None        # default ~/.cache/solar/features
+    use_cache: bool = True                 # cache tower features when both towers are frozen
+    feature_batch: int = 32
+    save_every: int = 0                    # also checkpoint every N steps (0: only at the end)
+    resume: bool = True
+    stop_at: Optional[int] = None          # stop (with a checkpoint) at this step; resume later
+    progress: bool = True
+    max_text_tokens: Optional[int] = None  # trim cached text tokens (None: the tower's max_length)
+    # ---- stage 1 (spec 1.3) [I] values
+    gla_margin: float = 0.1                # delta of the GLA hinge
+    w_gla: float = 1.0                     # lambda1
+    w_gd: float = 1.0                      # lambda2
+    w_ld: float = 1.0                      # lambda3
+    qda_momentum: float = 0.9              # EMA of the Gaussian statistics across steps
+    qda_priors: Optional[tuple] = None     # (pi+, pi-) or None (equal densities, the papers' rule)
+    anneal_frac: float = 0.5               # rho goes 1 -> 0 linearly over this fraction of steps
+    # ---- stage 2 (spec 1.4) [I] values
+    temperature: float = 0.05              # eta
+    pos_ratio: float = 0.5                 # share of intersection tokens hidden in a positive
+    area_cap: float = 0.5                  # r_max: at most this share of patches hidden per view
+    neg_ratio: float = 1.0                 # share of difference tokens hidden in a negative
+    segments: int = 6                      # K_max clusters of patches per image
+    mine_k: int = 2                        # mined negatives per anchor and step
+    mine_skip: int = 3                     # nearest neighbours skipped (likely false negatives)
+    mine_window: int = 30                  # ranks skip+1 .. skip+window are sampled
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        if self.model is None:
+            self.model = DEFAULT_MODEL[self.recipe]
+        if self.lr is None:
+            self.lr = 1e-4 if self.recipe == "stage2" else 1e-3
+        if self.model is None:
+            raise ValueError("recipe 'stage2' needs model= the stage-1 run folder")
+        for name in ("steps", "batch_size", "grad_accum", "feature_batch", "segments"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("pos_ratio", "area_cap", "neg_ratio", "anneal_frac"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.temperature <= 0 or self.lr <= 0:
+            raise ValueError("temperature and lr must be positive")
+        if self.split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train, val or test, got {self.split!r}")
+        if self.qda_priors is not None:
+            self.qda_priors = tuple(float(x) for x in self.qda_priors)
+            if len(self.qda_priors) != 2 or min(self.qda_priors) <= 0:
+                raise ValueError(f"qda_priors must be two positive numbers, got {self.qda_priors}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
+        return cls(**d)

@@ -73,11 +73,21 @@ def read_config(path: Union[str, Path]) -> ModelConfig:
     return ModelConfig.from_dict(data["model"])
 
 
+#: Trained checkpoints shipped inside the package (rebuild: scripts/build_clipart_model.sh).
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def shipped_models() -> list[str]:
+    return sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / "config.json").is_file())
+
+
 def load_model(path_or_name: Union[str, Path], device: Optional[Union[str, torch.device]] = None,
                **overrides) -> DocumentEncoder:
     """A model from a checkpoint folder (config.json + model.safetensors) or a preset name.
 
-    Presets (random init, seed 0): ``solar.model.config.PRESETS``, e.g. "solar-tiny-random".
+    Shipped trained checkpoints: ``shipped_models()``, e.g. "solar-clipart" (SOLAR stage 1+2 on
+    the offline clip-art train split).  Presets (random init, seed 0):
+    ``solar.model.config.PRESETS``, e.g. "solar-tiny-random".
     ``overrides`` replace fields of the model config (for example ``dim=128`` for a preset).
     The model is returned in eval mode.
     """
@@ -89,11 +99,14 @@ def load_model(path_or_name: Union[str, Path], device: Optional[Union[str, torch
             raise ValueError("config overrides apply to presets only, not to checkpoints")
         model = build_model(cfg)
         load_state(model, load_file(str(p / "model.safetensors")))
+    elif (SHIPPED_DIR / str(path_or_name) / "config.json").is_file():
+        return load_model(SHIPPED_DIR / str(path_or_name), device)
     elif str(path_or_name) in PRESETS:
         model = build_model(preset(str(path_or_name)).replace(**overrides))
     else:
         raise ValueError(f"{str(path_or_name)!r} is neither a checkpoint folder with config.json "
-                         f"nor a preset name; presets are {sorted(PRESETS)}")
+                         f"nor a shipped model {shipped_models()} nor a preset name; presets are "
+                         f"{sorted(PRESETS)}")
     if device is not None:
         model = model.to(device)
     return model.eval()

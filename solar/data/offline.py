@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .decode import to_rgb
+
 _MISSING_CLIPART = ("the Open Clip Art Library is not installed: apt-get install -y "
                     "--no-install-recommends openclipart-png openclipart-svg (or set SOLAR_CLIPART_DIR)")
 _MISSING_EMOJI = ("emoji data is missing: apt-get install -y --no-install-recommends "
@@ -41,7 +43,7 @@ class Pair:
     def load_image(self, size: Optional[int] = None):
         """The image as RGB (transparency pasted on white), optionally resized to size x size."""
         if self.image_path is not None:
-            img = _to_rgb(_open(self.image_path))
+            img = to_rgb(_open(self.image_path))
         else:
             img = render_emoji(self.meta["emoji"])
         if size is not None:
@@ -54,16 +56,6 @@ def _open(path):
     img = Image.open(path)
     img.load()
     return img
-
-
-def _to_rgb(img):
-    from PIL import Image
-    if img.mode in ("RGBA", "LA", "P", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    return img.convert("RGB")
 
 
 def _dpkg_files(package: str) -> list[str]:
@@ -256,7 +248,7 @@ def _render(e: str):
 
 def render_emoji(e: str):
     """An emoji rendered with the Noto color font, RGB on white (136 x 128)."""
-    return _to_rgb(_render(e).copy())
+    return to_rgb(_render(e).copy())
 
 
 def emoji_pairs(limit: Optional[int] = None) -> list[Pair]:

@@ -6,6 +6,8 @@ center-crop), as their processors do.
 """
 from __future__ import annotations
 
+from solar.data.decode import to_rgb  # noqa: F401  (re-exported: the one RGB conversion)
+
 from dataclasses import dataclass
 
 import torch
@@ -42,17 +44,6 @@ class ImageTransform:
         img = fit_square(img, self.size) if self.resize == "pad" else crop_square(img, self.size)
         data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         return data.view(self.size, self.size, 3).permute(2, 0, 1).float().div_(255.0)
-
-
-def to_rgb(img):
-    """RGB with any transparency pasted on white."""
-    from PIL import Image
-    if img.mode in ("RGBA", "LA", "PA", "P") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        bg = Image.new("RGB", rgba.size, (255, 255, 255))
-        bg.paste(rgba, mask=rgba.getchannel("A"))
-        return bg
-    return img.convert("RGB") if img.mode != "RGB" else img
 
 
 def fit_square(img, size: int):

@@ -25,6 +25,12 @@ ENV_VAR = "SOLAR_BACKEND"
 
 # Preference per device type for backend="auto".
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+# Per-op exceptions, from measurements (bench/results/cpu-*.md, 2-core x86-64): the cpu backend's
+# pooling is ~4x faster than eager, but its chunked losses are 1.0-1.4x slower than eager at the
+# benchmark sizes (while using 7-15x less memory), so auto keeps eager for losses on CPU; ask for
+# backend="cpu" when memory is what matters.
+AUTO_ORDER_OP = {("cpu", op): ("torch",)
+                 for op in ("contrastive_loss", "gcl_loss", "multi_positive_infonce")}
 
 # backend -> (module that registers it, how to get it)
 _PROVIDERS = {
@@ -135,7 +141,7 @@ def resolve(op: str, backend: Optional[str], *tensors: Optional[torch.Tensor]) -
                 f"backend {name!r} cannot run {op!r} here: {reason}. "
                 f"Available for {op!r}: {available_backends(op)}")
         return name
-    for cand in AUTO_ORDER.get(device, ("torch",)):
+    for cand in AUTO_ORDER_OP.get((device, op)) or AUTO_ORDER.get(device, ("torch",)):
         if cand == "torch":
             return cand
         try:

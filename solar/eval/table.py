@@ -1,0 +1,251 @@
+"""The results table: train every method on the same pairs, evaluate all checkpoints, aggregate.
+
+Methods (each for every seed; docs/results.md has the measured table):
+    score_fusion   the score-fusion model with untrained adapters/projections (no training)
+    clip           score fusion trained with image-text contrastive loss ("+CL")
+    gcl            score fusion trained with the GCL loss
+    solar_s1       SOLAR stage 1
+    solar_s12      SOLAR stage 1 + 2 (stage 2 starts from solar_s1 of the same seed)
+Ablations of SOLAR stage 1 + 2 (each a stage-2 run, or stage 1 + 2 for "no_mask"):
+    no_mask                   stage 1 without the intersection mask (rho stays 1)
+    no_constructed_negatives  stage 2 without the mask-built negative views
+    no_mined_negatives        stage 2 without the offline-mined negatives
+
+Every run is a ``solar.train.train`` call on the same seeded subset of the training split; a run
+whose folder already holds a final model is reused, so an interrupted table resumes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+METHODS = ("score_fusion", "clip", "gcl", "solar_s1", "solar_s12")
+ABLATIONS = ("no_mask", "no_constructed_negatives", "no_mined_negatives")
+LABELS = {"score_fusion": "score fusion, untrained", "clip": "image-text contrastive (CL)",
+          "gcl": "GCL", "solar_s1": "SOLAR stage 1", "solar_s12": "SOLAR stage 1+2",
+          "no_mask": "SOLAR 1+2, no mask", "no_constructed_negatives": "SOLAR 1+2, no constructed negatives",
+          "no_mined_negatives": "SOLAR 1+2, no mined negatives"}
+
+
+@dataclass
+class TableConfig:
+    """out_dir: runs, results.json and table.md.  train_docs: seeded subset of the training split
+    (None: all of it).  steps: optimizer steps per recipe.  model_overrides: ModelConfig fields
+    of the starting presets (all methods share them).  train_set: extra TrainConfig fields
+    for every run (ablations: ``solar.eval.ablations``)."""
+    out_dir: str = "out/results_table"
+    seeds: tuple = (0, 1, 2)
+    methods: tuple = METHODS
+    ablations: tuple = ABLATIONS
+    data: str = "clipart+emoji"
+    train_docs: Optional[int] = 2000
+    subset_seed: int = 0
+    steps: dict = field(default_factory=lambda: {"clip": 400, "gcl": 400, "stage1": 400, "stage2": 100})
+    batch_size: int = 32
+    model_overrides: dict = field(default_factory=lambda: {
+        "image_tower": {"kind": "efficientnet-lite0", "image_size": 160}})
+    train_set: dict = field(default_factory=dict)
+    cache_dir: Optional[str] = None
+    bench_seed: int = 0
+    bench_max_items: Optional[int] = None
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        self.seeds, self.methods, self.ablations = tuple(self.seeds), tuple(self.methods), tuple(self.ablations)
+        bad = [m for m in self.methods if m not in METHODS] + [a for a in self.ablations if a not in ABLATIONS]
+        if bad:
+            raise ValueError(f"unknown methods/ablations {bad}; methods {METHODS}, ablations {ABLATIONS}")
+        if not self.seeds:
+            raise ValueError("give at least one seed")
+
+
+PRESETS = {
+    "cpu": lambda: TableConfig(),
+    "cpu-short": lambda: TableConfig(out_dir="out/results_table_short",
+                                     steps={"clip": 100, "gcl": 100, "stage1": 100, "stage2": 25}),
+    "smoke": lambda: TableConfig(out_dir="out/results_table_smoke", seeds=(0,), train_docs=200,
+                                 steps={"clip": 3, "gcl": 3, "stage1": 3, "stage2": 2},
+                                 batch_size=16, bench_max_items=40),
+}
+
+
+def train_pairs(cfg: TableConfig) -> list:
+    """The seeded subset of the training split every method trains on."""
+    from solar.train.config import TrainConfig
+    from solar.train.loop import load_pairs
+    pairs = load_pairs(TrainConfig(recipe="clip", data=cfg.data, split="train"))
+    if cfg.train_docs is None or cfg.train_docs >= len(pairs):
+        return pairs
+    key = lambda p: hashlib.sha1(f"{cfg.subset_seed}:{p.id}".encode()).hexdigest()  # noqa: E731
+    keep = {p.id for p in sorted(pairs, key=key)[: cfg.train_docs]}
+    return [p for p in pairs if p.id in keep]
+
+
+def _train(cfg: TableConfig, pairs, run: Path, log: Callable, ablation: Optional[str] = None,
+           **kw) -> Path:
+    from solar.train import TrainConfig, train
+
+    from .ablations import ablated_training
+    tc = TrainConfig(out_dir=str(run), data=cfg.data, batch_size=cfg.batch_size,
+                     cache_dir=cfg.cache_dir, progress=False, **{**cfg.train_set, **kw})
+    if (run / "model.safetensors").is_file() and _same_config(run, tc):
+        log(f"reuse {run}")
+        return run
+    if (run / "train_config.json").is_file() and not _same_config(run, tc):
+        raise ValueError(f"{run} holds a run with another training config; use another out_dir")
+    t = time.perf_counter()
+    with ablated_training(ablation) if ablation else contextlib.nullcontext():
+        summary = train(tc, pairs=pairs)
+    log(f"trained {run.name}: {summary['steps']} steps, {time.perf_counter() - t:.0f} s, "
+        f"loss {summary['losses'][0]:.3f} -> {summary['losses'][-1]:.3f}")
+    return run
+
+
+def _same_config(run: Path, tc) -> bool:
+    saved = json.loads((run / "train_config.json").read_text())
+    want = json.loads(json.dumps(tc.to_dict(), default=str))
+    return {k: v for k, v in saved.items() if k != "out_dir"} == {k: v for k, v in want.items() if k != "out_dir"}
+
+
+def _untrained(cfg: TableConfig, run: Path, seed: int) -> Path:
+    from solar.model import build_model, preset, save_model
+    if not (run / "config.json").is_file():
+        save_model(build_model(preset("score-fusion-offline").replace(**cfg.model_overrides),
+                               seed=seed), run)
+    return run
+
+
+def _runs_for_seed(cfg: TableConfig, pairs, seed: int, log: Callable) -> dict:
+    """{method or ablation: checkpoint folder} for one seed."""
+    root, st = Path(cfg.out_dir) / "runs", cfg.steps
+    tr = lambda name, **kw: _train(cfg, pairs, root / f"{name}-seed{seed}", log, seed=seed, **kw)  # noqa
+    mo = {"model_overrides": cfg.model_overrides}
+    out = {}
+    if "score_fusion" in cfg.methods:
+        out["score_fusion"] = _untrained(cfg, root / f"score_fusion-seed{seed}", seed)
+    for m in ("clip", "gcl"):
+        if m in cfg.methods:
+            out[m] = tr(m, recipe=m, steps=st[m], **mo)
+    need_s1 = {"solar_s1", "solar_s12"} & set(cfg.methods) or {"no_constructed_negatives", "no_mined_negatives"} & set(cfg.ablations)
+    if need_s1:
+        s1 = tr("solar_s1", recipe="stage1", steps=st["stage1"], **mo)
+        out["solar_s1"] = s1
+        if "solar_s12" in cfg.methods:
+            out["solar_s12"] = tr("solar_s12", recipe="stage2", model=str(s1), steps=st["stage2"])
+    for a in cfg.ablations:
+        if a == "no_mask":
+            s1a = tr("no_mask_s1", recipe="stage1", steps=st["stage1"], ablation=a, **mo)
+            out[a] = tr("no_mask_s12", recipe="stage2", model=str(s1a), steps=st["stage2"])
+        else:
+            out[a] = tr(a, recipe="stage2", model=str(out["solar_s1"]), steps=st["stage2"], ablation=a)
+    if "solar_s1" not in cfg.methods:
+        out.pop("solar_s1", None)
+    return out
+
+
+def _bench(cfg: TableConfig, log: Callable):
+    from .construct import BenchmarkConfig, build_benchmark
+    from .manifest import load_benchmark
+    path = Path(cfg.out_dir) / "benchmark.jsonl"
+    bcfg = BenchmarkConfig(seed=cfg.bench_seed, max_items=cfg.bench_max_items)
+    if path.is_file():
+        bench = load_benchmark(path)
+        if bench.config == dataclasses.asdict(bcfg):
+            return bench
+    t = time.perf_counter()
+    bench = build_benchmark(bcfg)
+    bench.save(path)
+    log(f"benchmark: {bench.stats['triplets']} triplets, sym pool {bench.stats['pool_sizes']['sym']}, "
+        f"built in {time.perf_counter() - t:.0f} s")
+    return bench
+
+
+def run_table(cfg: TableConfig, log: Callable = print) -> dict:
+    """Train, evaluate and aggregate; writes results.json and table.md into ``cfg.out_dir``."""
+    from solar.model import load_model
+
+    from .embed import TowerCache
+    from .evaluate import evaluate
+    from .run import manifest_digest
+    t0 = time.perf_counter()
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res_path = out_dir / "results.json"
+    bench = _bench(cfg, log)
+    digest = manifest_digest(bench)
+    old = json.loads(res_path.read_text()) if res_path.is_file() else {}
+    runs = old.get("runs", {}) if old.get("benchmark_sha256") == digest else {}
+    pairs = train_pairs(cfg)
+    log(f"training on {len(pairs)} pairs of the train split")
+    cache = TowerCache()
+    result = {"config": dataclasses.asdict(cfg), "benchmark_sha256": digest,
+              "benchmark_stats": bench.stats, "train_pairs": len(pairs), "runs": runs}
+    for seed in cfg.seeds:
+        for name, ckpt in _runs_for_seed(cfg, pairs, seed, log).items():
+            key = f"{name}/seed{seed}"
+            if key in runs and runs[key].get("checkpoint") == str(ckpt):
+                continue
+            t = time.perf_counter()
+            r = evaluate(load_model(ckpt), bench, batch_size=cfg.eval_batch_size, cache=cache)
+            r["checkpoint"] = str(ckpt)
+            runs[key] = r
+            log(f"eval {key}: Avg {r['sym']['Avg']:.1f}, asym R@10 {r['asym_R@10_mean']:.1f} "
+                f"({time.perf_counter() - t:.0f} s)")
+            res_path.write_text(json.dumps(result, indent=2))
+    result["wall_seconds_this_call"] = round(time.perf_counter() - t0, 1)
+    res_path.write_text(json.dumps(result, indent=2))
+    (out_dir / "table.md").write_text(render_tables(result))
+    return result
+
+
+def render_tables(result: dict) -> str:
+    """Main table and ablations (mean ± sample std over seeds) plus the asymmetric tasks."""
+    from .report import aggregate, asym_table, markdown_table
+    groups: dict = {}
+    for key, r in result["runs"].items():
+        groups.setdefault(key.split("/")[0], []).append(r)
+    order = [m for m in (*METHODS, *ABLATIONS) if m in groups]
+    rows = [(f"{LABELS[m]} (n={len(groups[m])})", aggregate(groups[m])) for m in order]
+    main = [r for m, r in zip(order, rows) if m in METHODS]
+    abl = [r for m, r in zip(order, rows) if m in ABLATIONS or m == "solar_s12"]
+    cols = ["R@1", "R@5", "R@10", "mR", "Precision", "Avg", "Precision[text_swap]",
+            "Precision[image_swap]", "asym R@10"]
+    parts = ["### Symmetric task\n\n" + markdown_table(main, cols)]
+    if len(abl) > 1:
+        parts.append("### Ablations of SOLAR stage 1+2\n\n" + markdown_table(abl, cols))
+    parts.append("### Asymmetric tasks\n\n" + asym_table(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> None:
+    """python -m solar.eval.table [--preset cpu|smoke] [--out-dir DIR] [--seeds 0,1,2]"""
+    import click
+
+    @click.command()
+    @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="cpu", show_default=True)
+    @click.option("--out-dir", default=None, help="Override the preset's output folder.")
+    @click.option("--seeds", default=None, help="Comma-separated seeds (default: the preset's).")
+    @click.option("--cache-dir", default=None, help="Tower feature cache of the training runs.")
+    def cmd(preset, out_dir, seeds, cache_dir):
+        cfg = PRESETS[preset]()
+        if out_dir:
+            cfg.out_dir = out_dir
+        if seeds:
+            cfg.seeds = tuple(int(s) for s in seeds.split(","))
+        if cache_dir:
+            cfg.cache_dir = cache_dir
+        t = time.perf_counter()
+        result = run_table(cfg, log=lambda m: click.echo(f"[{time.perf_counter() - t:7.0f} s] {m}", err=True))
+        click.echo(render_tables(result))
+
+    cmd.main(args=argv, standalone_mode=True)
+
+
+if __name__ == "__main__":
+    main()

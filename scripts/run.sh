@@ -14,8 +14,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 log() { printf '\033[1m[solar]\033[0m %s\n' "$*"; }
 
 install_torch() {
-  # The CPU wheel first: any other torch request would pull the CUDA wheels.
-  if ! $PY -c 'import torch,sys; sys.exit(0 if torch.__version__.split("+")[0] >= "2.4" else 1)' 2>/dev/null; then
+  # The CPU wheel first: any other torch request would pull the CUDA wheels.  An installed torch
+  # (a CUDA build on a GPU machine, say) is kept as it is.
+  if ! $PY -c 'import torch' 2>/dev/null; then
     log "installing torch 2.13.0 (CPU)"
     $PY -m pip install -q torch==2.13.0
   fi

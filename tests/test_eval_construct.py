@@ -82,6 +82,9 @@ def test_renders_match_the_manifest_and_round_trip(bench, tmp_path):
 
 
 def test_pools_and_queries_are_consistent(bench):
+    for pool in ("sym", "document", "image", "text"):
+        keys = [((bench.docs[d].image or {}).get("pixels"), bench.docs[d].text) for d in bench.pool(pool)]
+        assert len(keys) == len(set(keys)), f"pool {pool} holds identical documents (forced ties)"
     sym = set(bench.pool("sym"))
     for t in bench.triplets:
         assert {t.anchor, t.positive, t.negative} <= sym

@@ -25,7 +25,7 @@ from typing import Optional
 
 from solar.data import DecodeConfig, Quarantined, open_source
 
-from .ingest import _encode, _row, default_workers
+from .ingest import check_job_fields, default_workers, encode_records, record_row
 from .ledger import Ledger, QuarantineFile
 from .pipeline import DecodePipeline, Skipped
 from .store import (DEFAULT_COLLECTION, OUTPUT_FIELDS, PK, VECTOR, IndexSpec, StoreError,
@@ -52,12 +52,7 @@ class BulkConfig:
     limit: Optional[int] = None
 
     def __post_init__(self):
-        if isinstance(self.sources, str):
-            self.sources = [self.sources]
-        if not self.sources:
-            raise ValueError("sources: give at least one source")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        check_job_fields(self)
         if not isinstance(self.chunk_mb, int) or self.chunk_mb < 1:
             raise ValueError(f"chunk_mb must be a positive int, got {self.chunk_mb!r}")
 
@@ -127,9 +122,9 @@ def write_bulk_files(embedder, cfg: BulkConfig, skip_client=None,
 def _write_batch(embedder, batch: list, writer, quarantine) -> list:
     if not batch:
         return []
-    recs, vecs = _encode(embedder, batch, quarantine)
+    recs, vecs = encode_records(embedder, batch, quarantine)
     for r, v in zip(recs, vecs):
-        writer.append_row(_row(r, v, embedder.fingerprint))
+        writer.append_row(record_row(r, v, embedder.fingerprint))
     return [r.id for r in recs]
 
 

@@ -30,6 +30,17 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+def check_job_fields(cfg) -> None:
+    """Validate the fields every job config shares (ingest, bulk): ``sources`` (a str becomes a
+    one-element list) and ``batch_size``."""
+    if isinstance(cfg.sources, str):
+        cfg.sources = [cfg.sources]
+    if not cfg.sources:
+        raise ValueError("sources: give at least one source")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {cfg.batch_size!r}")
+
+
 @dataclass
 class IngestConfig:
     """sources: source specs (see solar.data.open_source); uri/token: Milvus (None: MILVUS_URI /
@@ -52,12 +63,7 @@ class IngestConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if isinstance(self.sources, str):
-            self.sources = [self.sources]
-        if not self.sources:
-            raise ValueError("sources: give at least one source")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        check_job_fields(self)
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.retries < 0:
@@ -138,14 +144,15 @@ class _Writer(threading.Thread):
             raise self.error
 
 
-def _row(rec: DecodedRecord, vec, fingerprint: str) -> dict:
+def record_row(rec: DecodedRecord, vec, fingerprint: str) -> dict:
+    """The collection row of one encoded record (shared by ingest, bulk and the Ray engine)."""
     return {"id": rec.id, "vector": vec.tolist(), "text": clip_utf8(rec.text or "", TEXT_MAX),
             "image_uri": clip_utf8(rec.image_uri or "", URI_MAX),
             "source": clip_utf8(rec.source or "", SOURCE_MAX), "meta": clean_json(rec.meta),
             "model": fingerprint}
 
 
-def _encode(embedder, batch: list, quarantine: QuarantineFile) -> tuple[list, list]:
+def encode_records(embedder, batch: list, quarantine: QuarantineFile) -> tuple[list, list]:
     """(records, vectors) for a batch; if the batch fails, each record is tried alone and the
     ones that still fail are quarantined."""
     try:
@@ -222,10 +229,10 @@ def _flush(embedder, batch: list, writer: _Writer, quarantine: QuarantineFile,
     if not batch:
         return
     t = time.perf_counter()
-    recs, vecs = _encode(embedder, batch, quarantine)
+    recs, vecs = encode_records(embedder, batch, quarantine)
     s.encode_seconds += time.perf_counter() - t
     if recs:
-        writer.put([_row(r, v, embedder.fingerprint) for r, v in zip(recs, vecs)])
+        writer.put([record_row(r, v, embedder.fingerprint) for r, v in zip(recs, vecs)])
     s.ingested += len(recs)          # provisional, for the progress bar
 
 

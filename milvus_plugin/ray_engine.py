@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from .ingest import IngestConfig, IngestSummary, _encode, _row
+from .ingest import IngestConfig, IngestSummary, encode_records, record_row
 from .sharding import Shard, ShardedSource, parse_shard, shard_config, shard_of
 from .store import StoreError, is_local, resolve_uri
 
@@ -307,10 +307,10 @@ class _EmbedActor:
                 good.append(DecodedRecord(r["id"], r["locator"], img, r["text"], r["image_uri"],
                                           r["source"], json.loads(r["meta"])))
         t = time.perf_counter()
-        recs, vecs = _encode(self.embedder, good, failed) if good else ([], [])
+        recs, vecs = encode_records(self.embedder, good, failed) if good else ([], [])
         self.state.add_counts.remote(encode_seconds=time.perf_counter() - t)
         fp = self.embedder.fingerprint
-        out = [_out_row(_row(rec, v, fp)) for rec, v in zip(recs, vecs)]
+        out = [_out_row(record_row(rec, v, fp)) for rec, v in zip(recs, vecs)]
         out += [_out_row(None, r) for r in rows if r["q_kind"] is not None]
         out += [_out_row(None, q.to_json()) for q in failed.items]
         import pyarrow as pa

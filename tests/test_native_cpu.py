@@ -209,29 +209,104 @@ def test_multi_positive_fp32(B, N, D, temperature, valid_2d, chunk_rows):
 
 # ----------------------------------------------------------------------------------- ISA builds
 def test_every_isa_build_agrees():
-    """The avx512 / avx2 / generic builds each match the reference (those this CPU runs)."""
+    """The avx512 / avx2 / generic builds each match the reference (those this CPU runs).
+
+    Column counts (44, 111, 53) are not multiples of any vector width, so every loss kernel runs
+    both its whole-vector loop and its scalar tail.
+    """
     mod = _native.cpu_module
     isas = mod.build_info()["runnable_isas"]
     a, b = embeddings(37, 45, seed=40), embeddings(37, 45, seed=41)
     neg = embeddings(7, 45, seed=42)
     x, w = pool_inputs(3, 19, 45, dtype=F64)
+    e = [embeddings(37, 45, seed=43 + k) for k in range(3)]
+    c = embeddings(53, 45, seed=46)
+    pos, valid = _mpi_masks(37, 53, 47, valid_2d=True)
+    s = torch.tensor(14.285714, dtype=F64)
+
+    def mpi(backend):
+        return lambda a_, c_, t_: solar.multi_positive_infonce(a_, c_, pos, valid, t_,
+                                                               backend=backend)
     try:
         for isa in isas:
             assert mod.select_isa(isa) == isa
-            s = torch.tensor(14.285714, dtype=F64)
             _compare(_cl("cpu", True), _cl("torch", True), [a, b, s, None, neg], "asbln")
+            _compare(_gcl("cpu"), _gcl("torch"), [*e, s], "itfs")
+            _compare(mpi("cpu"), mpi("torch"), [a, c, torch.tensor(0.07, dtype=F64)], "act")
             _compare(lambda x_, w_: solar.masked_pool(x_, w_, backend="cpu"),
                      solar.masked_pool_reference, [x, w], "xw")
     finally:
         mod.select_isa("auto")
 
 
+# ----------------------------------------------------------------------------------- threads
+# Shapes with M*N*D above 2**21, so the losses run on two threads (the module gives each thread
+# one multiply-add per 2**20), each over its own chunks with its own dC and column statistics.
+THREADED = pytest.mark.skipif(torch.get_num_threads() < 2, reason="needs 2 torch threads")
+
+
+@THREADED
+@pytest.mark.parametrize("rows", [0, 7])
+def test_losses_on_two_threads_match_reference(rows, chunk_rows):
+    chunk_rows(rows)
+    s = torch.tensor(14.285714, dtype=F64)
+    a, b = embeddings(131, 129, seed=50), embeddings(131, 129, seed=51, duplicate=True)
+    neg = embeddings(9, 129, seed=52)
+    _compare(_cl("cpu", True), _cl("torch", True), [a, b, s, None, neg], "asbln")
+    e = [embeddings(51, 97, seed=53 + k) for k in range(3)]
+    _compare(_gcl("cpu"), _gcl("torch"), [*e, s], "itfs")
+    c = embeddings(173, 129, seed=56)
+    pos, valid = _mpi_masks(131, 173, 57, valid_2d=False)
+    _compare(lambda a_, c_, t_: solar.multi_positive_infonce(a_, c_, pos, valid, t_,
+                                                             backend="cpu"),
+             lambda a_, c_, t_: solar.multi_positive_infonce(a_, c_, pos, valid, t_,
+                                                             backend="torch"),
+             [a, c, torch.tensor(0.07, dtype=F64)], "act")
+
+
+@THREADED
+def test_threaded_losses_are_deterministic(chunk_rows):
+    """Same inputs, same thread count: bitwise the same loss and gradients."""
+    chunk_rows(5)
+    a, b = embeddings(131, 129, seed=58, dtype=F32), embeddings(131, 129, seed=59, dtype=F32)
+
+    def once():
+        a_, b_ = a.clone().requires_grad_(), b.clone().requires_grad_()
+        scale = torch.tensor(14.285714, requires_grad=True)
+        loss = solar.contrastive_loss(a_, b_, scale, backend="cpu")
+        loss.backward()
+        return [loss.detach(), a_.grad, b_.grad, scale.grad]
+
+    first = once()
+    for _ in range(3):
+        for x, y in zip(first, once()):
+            assert torch.equal(x, y)
+
+
+def test_workspace_is_reused_and_released():
+    mod = _native.cpu_module
+    mod.release_workspace()
+    assert mod.workspace_bytes() == 0
+    a, b = embeddings(40, 64, seed=60, dtype=F32), embeddings(40, 64, seed=61, dtype=F32)
+    a.requires_grad_()
+    solar.contrastive_loss(a, b, 10.0, backend="cpu").backward()
+    held = mod.workspace_bytes()
+    assert held >= 2 * 40 * 64 * 4  # at least the packed a and b
+    first = a.grad.clone()
+    a.grad = None
+    solar.contrastive_loss(a, b, 10.0, backend="cpu").backward()
+    assert mod.workspace_bytes() == held  # same sizes: no new buffers
+    assert torch.equal(a.grad, first)
+    mod.release_workspace()
+    assert mod.workspace_bytes() == 0
+
+
 # ----------------------------------------------------------------------------------- dispatch
 def test_auto_picks_cpu_and_falls_back_for_float64():
     a = torch.randn(4, 8)
     assert solar.ops.resolve("masked_pool", "auto", a[:, None, :], a[:, :1], None) == "cpu"
-    # Losses stay on eager under auto on CPU (measured faster there); cpu runs when asked.
-    assert solar.ops.resolve("contrastive_loss", "auto", a, a, None) == "torch"
+    assert solar.ops.resolve("contrastive_loss", "auto", a, a, None) == "cpu"
+    assert solar.ops.resolve("gcl_loss", "auto", a, a, a) == "cpu"
     assert solar.ops.resolve("contrastive_loss", "cpu", a, a, None) == "cpu"
     assert solar.ops.resolve("contrastive_loss", "auto", a.double(), a.double(), None) == "torch"
     with pytest.raises(solar.ops.BackendUnavailable, match="float64"):

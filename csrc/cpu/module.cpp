@@ -359,6 +359,10 @@ PYBIND11_MODULE(_csrc_cpu, m) {
   m.def("select_isa", &select_isa, arg("name"),
         "Use one ISA build of the kernels ('auto', 'avx512', 'avx2', 'generic'); returns it.");
   m.def("set_num_threads", &set_num_threads, arg("n"), "Threads used by every kernel.");
+  m.def("workspace_bytes", &solar::cpu::workspace_bytes,
+        "Bytes of loss scratch memory held for reuse by the calling thread (at most 256 MiB).");
+  m.def("release_workspace", &solar::cpu::release_workspace,
+        "Free the loss scratch memory held for reuse by the calling thread.");
   m.def("masked_pool_fwd", &masked_pool_fwd, arg("x"), arg("w"), arg("y"), arg("stats"),
         arg("normalize"), arg("eps"));
   m.def("masked_pool_bwd", &masked_pool_bwd, arg("dy"), arg("x"), arg("w"), arg("y"),

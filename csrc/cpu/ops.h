@@ -1,6 +1,7 @@
 // Op-level CPU entry points (called by the bindings in module.cpp after argument checks).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -21,6 +22,10 @@ void set_num_threads(int n);
 // fork/join and barriers cost more than they save on small problems (and far more when the
 // machine is oversubscribed).
 int threads_for(double work);
+
+// Scratch memory the losses keep between calls made from the calling thread (loss.cpp).
+std::size_t workspace_bytes();
+void release_workspace();
 
 void masked_pool_forward(PoolArgs a);
 void masked_pool_backward(PoolArgs a);

@@ -25,12 +25,10 @@ ENV_VAR = "SOLAR_BACKEND"
 
 # Preference per device type for backend="auto".
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
-# Per-op exceptions, from measurements (bench/results/cpu-*.md, 2-core x86-64): the cpu backend's
-# pooling is ~4x faster than eager, but its chunked losses are 1.0-1.4x slower than eager at the
-# benchmark sizes (while using 7-15x less memory), so auto keeps eager for losses on CPU; ask for
-# backend="cpu" when memory is what matters.
-AUTO_ORDER_OP = {("cpu", op): ("torch",)
-                 for op in ("contrastive_loss", "gcl_loss", "multi_positive_infonce")}
+# Per-op exceptions to AUTO_ORDER: (device, op) -> order.  None today: on a 2-core x86-64
+# (bench/results/cpu-*.md) the cpu backend beats eager for pooling (~4x) and for the losses
+# (1.2-2.4x from B = 256, fwd+bwd, at 7-15x less memory); below B ~ 64 both take under 1 ms.
+AUTO_ORDER_OP: dict = {}
 
 # backend -> (module that registers it, how to get it)
 _PROVIDERS = {

@@ -89,6 +89,67 @@ SOLAR_INLINE float fast_exp(float x) {
   return x < lo ? 0.f : e;
 }
 
+// Whole-vector forms, for loops the auto-vectorizer leaves scalar (masked reductions with an
+// exp inside): lanes of vi are the comparison masks of vf (-1 true, 0 false).
+typedef std::int32_t vi __attribute__((vector_size(SOLAR_VW * 4)));
+typedef std::uint8_t vb __attribute__((vector_size(SOLAR_VW)));
+
+SOLAR_INLINE vf vsplat(float c) { return vf{} + c; }
+
+// 0, 1, ..., kVF - 1.
+SOLAR_INLINE vi vlanes() {
+  vi r;
+#pragma GCC unroll 16
+  for (int i = 0; i < kVF; ++i) r[i] = i;
+  return r;
+}
+
+// kVF bytes of a 0/1 mask as lane masks (-1 where the byte is nonzero).
+SOLAR_INLINE vi vmask_u8(const std::uint8_t* p) {
+  vb b;
+  __builtin_memcpy(&b, p, sizeof(vb));
+  return __builtin_convertvector(b, vi) != 0;
+}
+
+SOLAR_INLINE vf vsel(vi m, vf a, vf b) { return m ? a : b; }
+SOLAR_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+SOLAR_INLINE float hmax(vf v) {
+  float m = v[0];
+#pragma GCC unroll 16
+  for (int i = 1; i < kVF; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+SOLAR_INLINE float hsum(vf v) {
+  float s = 0.f;
+#pragma GCC unroll 16
+  for (int i = 0; i < kVF; ++i) s += v[i];
+  return s;
+}
+
+// fast_exp on every lane (the same operations, so the same results lane by lane).
+SOLAR_INLINE vf vexp(vf x) {
+  const vf lo = vsplat(-87.3f), hi = vsplat(88.3f);
+  vf xc = vsel(x < lo, lo, vsel(x > hi, hi, x));
+  const vi ni = __builtin_convertvector(xc * 1.44269504088896341f + 127.5f, vi);
+  const vf n = __builtin_convertvector(ni - 127, vf);
+  vf r = xc - n * 0.693145751953125f;
+  r = r - n * 1.42860682030941723e-6f;
+  vf p = vsplat(1.f / 5040.f);
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const vi bits = ni << 23;
+  vf scale;
+  __builtin_memcpy(&scale, &bits, sizeof(vf));
+  return vsel(x < lo, vf{}, p * scale);
+}
+
 #ifdef _OPENMP
 SOLAR_INLINE int thread_id() { return omp_get_thread_num(); }
 #else

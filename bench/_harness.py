@@ -165,6 +165,11 @@ def _rss_bytes() -> int:
 
 
 def _trim() -> None:
+    """Return freed memory to the OS: glibc's free lists and the cpu backend's reused scratch
+    buffers (so a call's workspace counts in its own peak, not in the baseline)."""
+    from solar.ops import _native
+    if _native.cpu_module is not None:
+        _native.cpu_module.release_workspace()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -176,7 +181,8 @@ def peak_memory(fn: Callable, device: str) -> tuple[Optional[int], str]:
 
     CUDA: torch.cuda.max_memory_allocated above what was allocated before the call.  CPU: the
     peak resident set size sampled every 0.5 ms above the RSS before the call, after malloc_trim
-    (a lower bound: pages the allocator kept from earlier calls are not counted)."""
+    and after the cpu backend frees its scratch buffers (a lower bound: pages the allocator kept
+    from earlier calls are not counted)."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

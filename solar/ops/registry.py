@@ -26,8 +26,9 @@ ENV_VAR = "SOLAR_BACKEND"
 # Preference per device type for backend="auto".
 AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 # Per-op exceptions to AUTO_ORDER: (device, op) -> order.  None today: on a 2-core x86-64
-# (bench/results/cpu-*.md) the cpu backend beats eager for pooling (~4x) and for the losses
-# (1.2-2.4x from B = 256, fwd+bwd, at 7-15x less memory); below B ~ 64 both take under 1 ms.
+# (bench/results/cpu-*.md, fwd+bwd) the cpu backend beats eager for pooling (1.1-1.2x; most of
+# the backward is page faults of the fresh dx, the same for both) and for the losses (1.9-3.1x
+# at B = 2048-4096, 1.2-1.5x from B = 256, at 7-15x less memory); below B ~ 64 both take < 1 ms.
 AUTO_ORDER_OP: dict = {}
 
 # backend -> (module that registers it, how to get it)

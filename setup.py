@@ -42,18 +42,45 @@ class CMakeBuild(build_ext):
     """Configure CMake once, then build each requested module target."""
 
     def run(self):
+        self._skipped = set()
         if _flag("SOLAR_SKIP_NATIVE"):
             warnings.warn("SOLAR_SKIP_NATIVE=1: native csrc modules are not built; "
                           "only the 'torch' (and 'triton') backends will be available.")
+            self._skipped = {e.name for e in self.extensions}
             return
         if shutil.which("cmake") is None:
+            self._skipped = {e.name for e in self.extensions}
             return self._fail("cmake was not found on PATH (pip install cmake)")
         super().run()
 
-    def _fail(self, why: str):
+    def _fail(self, why: str, ext: Extension = None):
         if _flag("SOLAR_REQUIRE_NATIVE"):
             raise RuntimeError(why)
+        if ext is not None:
+            self._skip(ext)
         warnings.warn(f"solar native build skipped: {why}")
+
+    def _skip(self, ext: Extension):
+        if not hasattr(self, "_skipped"):
+            self._skipped = set()
+        self._skipped.add(ext.name)
+
+    def _not_built(self, ext: Extension) -> bool:
+        """Skipped in this run, or sure to be (CUDA without nvcc), so never copied or listed."""
+        return (ext.name in getattr(self, "_skipped", ())
+                or (getattr(ext, "target", "") == "_csrc_cuda" and self._nvcc() is None))
+
+    def copy_extensions_to_source(self):
+        every = self.extensions
+        self.extensions = [e for e in every if not self._not_built(e)]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = every
+
+    def get_outputs(self):
+        return [out for out, ext in zip(super().get_outputs(), self.extensions)
+                if not self._not_built(ext)]
 
     def _nvcc(self):
         if _flag("SOLAR_SKIP_CUDA"):
@@ -71,6 +98,7 @@ class CMakeBuild(build_ext):
         nvcc = self._nvcc() if ext.target == "_csrc_cuda" else None
         if ext.target == "_csrc_cuda" and nvcc is None:
             warnings.warn("nvcc not found (or SOLAR_SKIP_CUDA=1): the CUDA backend is not built.")
+            self._skip(ext)
             return
         import pybind11
 
@@ -92,7 +120,8 @@ class CMakeBuild(build_ext):
             subprocess.run(["cmake", "--build", str(build_temp / ext.target), "--target", ext.target,
                             "-j", jobs], check=True)
         except subprocess.CalledProcessError as err:
-            return self._fail(f"building {ext.name} failed ({err}); see the CMake output above")
+            return self._fail(f"building {ext.name} failed ({err}); see the CMake output above",
+                              ext)
         self._install_atomically(lib_dir, out_dir, ext.target)
 
     @staticmethod

@@ -64,17 +64,15 @@ template <> struct Elem<kBF16> {
   SOLAR_INLINE void store(std::uint16_t* p, float v) { *p = f32_to_bf16(v); }
 };
 
-// exp(x) for float, branch-free so loops over it vectorize.  2^n * p(r) with |r| <= ln2/2 and a
-// degree-7 Taylor polynomial (relative error below 1e-7 over the normal range); x below
-// -87.3 (including -inf) gives 0, x above 88.3 saturates at exp(88.3).
-SOLAR_INLINE float fast_exp(float x) {
-  const float lo = -87.3f, hi = 88.3f;
-  float xc = x < lo ? lo : (x > hi ? hi : x);
-  int ni = static_cast<int>(xc * 1.44269504088896341f + 127.5f);  // n + 127, in [1, 254]
-  float n = static_cast<float>(ni - 127);
-  float r = xc - n * 0.693145751953125f;                          // ln2 high part (exact)
-  r = r - n * 1.42860682030941723e-6f;                            // ln2 low part
-  float p = 1.f / 5040.f;
+// exp(x) = 2^n * p(r) with |r| <= ln2/2: r from x and n (the ln2 split in a high part, exact
+// in fp32, and a low part), p the degree-7 Taylor polynomial (relative error below 1e-7 over
+// the normal range).  T is float or a vector of floats: the scalar and the vector exp run the
+// same operations, so their results agree lane by lane.
+template <class T>
+SOLAR_INLINE T exp_poly(T xc, T n) {
+  T r = xc - n * 0.693145751953125f;
+  r = r - n * 1.42860682030941723e-6f;
+  T p = T{} + 1.f / 5040.f;
   p = p * r + 1.f / 720.f;
   p = p * r + 1.f / 120.f;
   p = p * r + 1.f / 24.f;
@@ -82,11 +80,20 @@ SOLAR_INLINE float fast_exp(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.f;
   p = p * r + 1.f;
+  return p;
+}
+
+// exp(x) for float, branch-free so loops over it vectorize; x below -87.3 (including -inf)
+// gives 0, x above 88.3 saturates at exp(88.3).
+SOLAR_INLINE float fast_exp(float x) {
+  const float lo = -87.3f, hi = 88.3f;
+  float xc = x < lo ? lo : (x > hi ? hi : x);
+  int ni = static_cast<int>(xc * 1.44269504088896341f + 127.5f);  // n + 127, in [1, 254]
+  const float p = exp_poly(xc, static_cast<float>(ni - 127));
   std::uint32_t bits = static_cast<std::uint32_t>(ni) << 23;
   float scale;
   __builtin_memcpy(&scale, &bits, 4);
-  float e = p * scale;
-  return x < lo ? 0.f : e;
+  return x < lo ? 0.f : p * scale;
 }
 
 // Whole-vector forms, for loops the auto-vectorizer leaves scalar (masked reductions with an
@@ -133,17 +140,7 @@ SOLAR_INLINE vf vexp(vf x) {
   const vf lo = vsplat(-87.3f), hi = vsplat(88.3f);
   vf xc = vsel(x < lo, lo, vsel(x > hi, hi, x));
   const vi ni = __builtin_convertvector(xc * 1.44269504088896341f + 127.5f, vi);
-  const vf n = __builtin_convertvector(ni - 127, vf);
-  vf r = xc - n * 0.693145751953125f;
-  r = r - n * 1.42860682030941723e-6f;
-  vf p = vsplat(1.f / 5040.f);
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
+  const vf p = exp_poly(xc, __builtin_convertvector(ni - 127, vf));
   const vi bits = ni << 23;
   vf scale;
   __builtin_memcpy(&scale, &bits, sizeof(vf));

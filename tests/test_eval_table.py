@@ -15,7 +15,7 @@ def _cfg(tmp_path, name, **kw):
 
 
 def test_ablations_train_and_restore_the_registry(tmp_path):
-    from solar.eval.ablations import NoConstructedStage2, ablated_training
+    from solar.eval.ablations import NoConstructedStage2, NoMinedStage2, ablated_training
     from solar.model import load_model
     from solar.train import loop, train
     before = dict(loop.RECIPES)
@@ -38,6 +38,14 @@ def test_ablations_train_and_restore_the_registry(tmp_path):
     source = LiveSource(docs_from_pairs(load_pairs(_cfg(tmp_path, "y", recipe="stage2", model=s1))[:24]))
     recipe.setup(model, source, torch.device("cpu"))
     assert not recipe.masks.token_diff.any() and not recipe.masks.seg_diff.any()
+    # without mined negatives: mine_k = 0, so no neighbour pools and no mined columns
+    recipe = NoMinedStage2(_cfg(tmp_path, "z", recipe="stage2", model=s1), 2)
+    assert recipe.cfg.mine_k == 0
+    recipe.setup(model, source, torch.device("cpu"))
+    assert recipe.pools is None
+    feats = source.get(torch.arange(8), model)
+    loss, metrics = recipe.loss(model, feats, torch.arange(8), 0, source)
+    assert torch.isfinite(loss) and "mined_sim" not in metrics
     with pytest.raises(ValueError, match="unknown ablation"):
         with ablated_training("nope"):
             pass

@@ -173,6 +173,7 @@ def test_cli_train_happy_path(tmp_path, cache):
     (["--recipe", "clip", "--set", "lr=fast"], "lr expects a number"),
     (["--recipe", "stage2"], "needs model="),
     (["--recipe", "clip", "--steps", "0"], "--steps"),
+    (["--recipe", "clip", "--set", "mine_k=-1"], "mine_k must be >= 0"),
 ])
 def test_cli_train_bad_arguments(tmp_path, args, message):
     from click.testing import CliRunner

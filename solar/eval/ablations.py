@@ -5,8 +5,8 @@
   stage 2 can follow.
 * ``NoConstructedStage2``: stage 2 without the difference-masked negative views (their columns
   are invalid in every row); positives and mined negatives are unchanged.
-* ``NoMinedStage2``: stage 2 without the offline-mined negatives: the same loss with no mined
-  columns (the loss body mirrors ``Stage2.loss`` with ``mined_negatives=None``).
+* ``NoMinedStage2``: stage 2 without the offline-mined negatives: ``Stage2`` with ``mine_k = 0``
+  (no mined columns, no neighbour pools).
 
 ``ablated_training(name)`` runs ``solar.train.train`` with the ablated class standing in for its
 recipe for the duration of the call.
@@ -14,13 +14,11 @@ recipe for the duration of the call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
-from solar import ops
-from solar.train import dist
 from solar.train.recipes import Stage1, Stage2
-from solar.train.views import StageOneMasks, build_views
 
 
 class NoMaskStage1(Stage1):
@@ -41,35 +39,10 @@ class NoConstructedStage2(Stage2):
 
 
 class NoMinedStage2(Stage2):
-    """Stage 2 with positives, constructed negatives and in-batch anchors only."""
+    """Stage 2 with positives, constructed negatives and in-batch anchors only (mine_k = 0)."""
 
-    def loss(self, model, feats, idx, step, source):
-        c, dev = self.cfg, feats.has_image.device
-        G = dist.all_gather_grad
-        v, l = model.locals(feats)
-        wv, wl = feats.image_weights, feats.text_weights
-        anchors = model.joint(v, wv, l, wl)                                # (B, D)
-        m = self.masks
-        sub = StageOneMasks(m.token_int[idx][:, : l.shape[1]], m.token_diff[idx][:, : l.shape[1]],
-                            m.segments[idx], m.seg_int[idx], m.seg_diff[idx])
-        vw = {k: t.to(dev) for k, t in build_views(sub, wl.cpu(), wv.cpu(), c.pos_ratio,
-                                                    c.neg_ratio, c.area_cap, self.gen).items()}
-        pos = torch.stack([model.joint(v, wv, l, vw["pos_text"]),
-                           model.joint(v, vw["pos_image"], l, wl)], dim=1)  # (B, 2, D)
-        neg = torch.stack([model.joint(v, wv, l, vw["neg_text"]),
-                           model.joint(v, vw["neg_image"], l, wl)], dim=1)  # (B, 2, D)
-        A = G(anchors)
-        cg = ops.build_columns(A, G(pos), G(neg), None)
-        valid = cg.valid.clone()
-        valid[:, cg.slices["constructed_negatives"]] &= dist.all_gather_nograd(
-            vw["neg_ok"]).flatten()[None, :]
-        loss = ops.multi_positive_infonce(A, cg.candidates, cg.positives, valid, c.temperature)
-        with torch.no_grad():
-            sims = A @ cg.candidates.T
-            metrics = {"pos_sim": sims[cg.positives].mean().item(),
-                       "neg_view_sim": sims[:, cg.slices["constructed_negatives"]].mean().item(),
-                       "neg_views_ok": vw["neg_ok"].float().mean().item()}
-        return loss, metrics
+    def __init__(self, cfg, total_steps):
+        super().__init__(dataclasses.replace(cfg, mine_k=0), total_steps)
 
 
 ABLATED = {"no_mask": ("stage1", NoMaskStage1),

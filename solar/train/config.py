@@ -71,7 +71,7 @@ class TrainConfig:
     area_cap: float = 0.5                  # r_max: at most this share of patches hidden per view
     neg_ratio: float = 1.0                 # share of difference tokens hidden in a negative
     segments: int = 6                      # K_max clusters of patches per image
-    mine_k: int = 2                        # mined negatives per anchor and step
+    mine_k: int = 2                        # mined negatives per anchor and step (0: none)
     mine_skip: int = 3                     # nearest neighbours skipped (likely false negatives)
     mine_window: int = 30                  # ranks skip+1 .. skip+window are sampled
 
@@ -87,6 +87,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "feature_batch", "segments"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("mine_k", "mine_skip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.mine_k > 0 and self.mine_window <= 0:
+            raise ValueError(f"mine_window must be positive when mine_k > 0, got {self.mine_window}")
         for name in ("pos_ratio", "area_cap", "neg_ratio", "anneal_frac"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -157,7 +157,8 @@ class Stage2(Recipe):
             m.seg_int[idx] = seg > tau_i                  # NaN (empty segment) is False
             m.seg_diff[idx] = seg <= tau_i
         self.masks = m
-        self.pools = neighbour_pools(*source.pooled(model), self.cfg.mine_skip, self.cfg.mine_window)
+        self.pools = (neighbour_pools(*source.pooled(model), self.cfg.mine_skip,
+                                      self.cfg.mine_window) if self.cfg.mine_k > 0 else None)
         model.train(was)
 
     def loss(self, model, feats, idx, step, source):
@@ -174,25 +175,29 @@ class Stage2(Recipe):
                            model.joint(v, vw["pos_image"], l, wl)], dim=1)  # (B, 2, D)
         neg = torch.stack([model.joint(v, wv, l, vw["neg_text"]),
                            model.joint(v, vw["neg_image"], l, wl)], dim=1)  # (B, 2, D)
-        mined_idx = sample_negatives(self.pools, idx, c.mine_k, self.gen)   # (B, k)
-        mf = source.get(mined_idx.flatten(), model).to(dev)
-        mined = model.embed(mf).view(len(idx), mined_idx.shape[1], -1)     # (B, k, D)
+        mined = None
+        if c.mine_k > 0:
+            mined_idx = sample_negatives(self.pools, idx, c.mine_k, self.gen)   # (B, k)
+            mf = source.get(mined_idx.flatten(), model).to(dev)
+            mined = model.embed(mf).view(len(idx), mined_idx.shape[1], -1)     # (B, k, D)
         A = G(anchors)
-        cg = ops.build_columns(A, G(pos), G(neg), G(mined))
-        gidx = dist.all_gather_nograd(idx.to(dev))
+        cg = ops.build_columns(A, G(pos), G(neg), None if mined is None else G(mined))
         valid = cg.valid.clone()
         valid[:, cg.slices["constructed_negatives"]] &= dist.all_gather_nograd(
             vw["neg_ok"]).flatten()[None, :]
-        gm = dist.all_gather_nograd(mined_idx.to(dev)).flatten()
-        valid[:, cg.slices["mined_negatives"]] &= gm[None, :] != gidx[:, None]
+        if mined is not None:
+            gidx = dist.all_gather_nograd(idx.to(dev))
+            gm = dist.all_gather_nograd(mined_idx.to(dev)).flatten()
+            valid[:, cg.slices["mined_negatives"]] &= gm[None, :] != gidx[:, None]
         loss = ops.multi_positive_infonce(A, cg.candidates, cg.positives, valid, c.temperature,
                                           backend=None)
         with torch.no_grad():
             sims = A @ cg.candidates.T
             metrics = {"pos_sim": sims[cg.positives].mean().item(),
                        "neg_view_sim": sims[:, cg.slices["constructed_negatives"]].mean().item(),
-                       "mined_sim": sims[:, cg.slices["mined_negatives"]].mean().item(),
                        "neg_views_ok": vw["neg_ok"].float().mean().item()}
+            if mined is not None:
+                metrics["mined_sim"] = sims[:, cg.slices["mined_negatives"]].mean().item()
         return loss, metrics
 
     def state_tensors(self) -> dict:

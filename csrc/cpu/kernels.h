@@ -8,10 +8,14 @@
 
 #include <cstdint>
 
+#include "../common/pool_args.h"
+
 namespace solar {
 namespace cpu {
 
-enum ElemType : int { kF32 = 0, kBF16 = 1 };
+using ::solar::ElemType;
+using ::solar::kBF16;
+using ::solar::kF32;
 
 // A strided 2-D view of fp32 or bf16 values (strides in elements).
 struct Mat {
@@ -20,23 +24,8 @@ struct Mat {
   std::int64_t rows = 0, cols = 0, rs = 0, cs = 1;
 };
 
-// Masked pooling.  x: (B, L, D) with strides (sxb, sxl, 1); w: fp32 (B, L) with strides;
-// y: (B, D) contiguous in x's type; stats: fp32 (B, 2); dy: (B, D) contiguous in x's type;
-// dx: (B, L, D) with strides (sdxb, sdxl, 1); dw: fp32 (B, L) contiguous or null.
-struct PoolArgs {
-  const void* x = nullptr;
-  int type = kF32;
-  std::int64_t B = 0, L = 0, D = 0, sxb = 0, sxl = 0;
-  const float* w = nullptr;
-  std::int64_t swb = 0, swl = 0;
-  void* y = nullptr;
-  float* stats = nullptr;
-  const void* dy = nullptr;
-  void* dx = nullptr;
-  std::int64_t sdxb = 0, sdxl = 0;
-  float* dw = nullptr;
-  bool normalize = true;
-  float eps = 1e-12f;
+// Masked pooling (fields in common/pool_args.h) plus the CPU's per-thread scratch.
+struct PoolArgs : PoolArgsBase {
   float* scratch = nullptr;  // nthreads * D floats
   int nthreads = 1;
 };

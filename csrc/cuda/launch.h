@@ -6,28 +6,18 @@
 
 #include <cstdint>
 
+#include "../common/pool_args.h"
+
 namespace solar {
 namespace cuda {
 
-enum ElemType : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+using ::solar::ElemType;
+using ::solar::kBF16;
+using ::solar::kF16;
+using ::solar::kF32;
 
-// Masked pooling.  x: (B, L, D) strides (sxb, sxl, 1); w: fp32 (B, L) strides (swb, swl);
-// y: (B, D) contiguous; stats: fp32 (B, 2); dy: (B, D) contiguous; dx: strides (sdxb, sdxl, 1);
-// dw: fp32 (B, L) contiguous or null.  vec: x/dx rows allow 16-byte vector access.
-struct PoolParams {
-  const void* x = nullptr;
-  int type = kF32;
-  std::int64_t B = 0, L = 0, D = 0, sxb = 0, sxl = 0;
-  const float* w = nullptr;
-  std::int64_t swb = 0, swl = 0;
-  void* y = nullptr;
-  float* stats = nullptr;
-  const void* dy = nullptr;
-  void* dx = nullptr;
-  std::int64_t sdxb = 0, sdxl = 0;
-  float* dw = nullptr;
-  bool normalize = true;
-  float eps = 1e-12f;
+// Masked pooling (fields in common/pool_args.h); vec: x/dx rows allow 16-byte vector access.
+struct PoolParams : PoolArgsBase {
   bool vec = false;
 };
 

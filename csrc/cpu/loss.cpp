@@ -204,7 +204,6 @@ struct Engine {
   float* A = nullptr;          // packed rows (M x Dp)
   float* C = nullptr;          // packed columns (N x Dp); == A when they are the same matrix
   float* CT = nullptr;         // C transposed (D x Np)
-  const float* Cp = nullptr;
 
   Engine(Parts rows, Parts cols, bool same, std::int64_t chunk_rows) {
     M = total_rows(rows);
@@ -222,7 +221,6 @@ struct Engine {
       C = ws.get(kSlotC, N * Dp);
       pack_rows(cols, Dp, nt, C);
     }
-    Cp = C;
     CT = ws.get(kSlotCT, D * Np);
     transpose(C, N, Dp, D, Np, nt, CT);
     if (chunk_rows > 0) {
@@ -286,7 +284,7 @@ struct Worker {
     GemmArgs g;
     g.P = rows; g.Q = e->N; g.X = e->Dp;
     g.coef = S; g.cp = e->Np; g.cq = 1;
-    g.src = e->Cp; g.ls = e->Dp;
+    g.src = e->C; g.ls = e->Dp;
     g.out = dA + r0 * e->Dp; g.lo = e->Dp;
     g.alpha = alpha;
     e->k.gemm(g);

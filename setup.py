@@ -79,8 +79,8 @@ class CMakeBuild(build_ext):
             self.extensions = every
 
     def get_outputs(self):
-        return [out for out, ext in zip(super().get_outputs(), self.extensions)
-                if not self._not_built(ext)]
+        skipped = {self.get_ext_fullpath(e.name) for e in self.extensions if self._not_built(e)}
+        return [out for out in super().get_outputs() if out not in skipped]
 
     def _nvcc(self):
         if _flag("SOLAR_SKIP_CUDA"):

@@ -209,15 +209,9 @@ class ManifestSource:
         return make_record(loc, image, text, image_uri=uri or "", source=self.name, meta=meta)
 
     def _row_meta(self, loc: str, row: dict):
-        meta = row.get("meta") or {}
-        if isinstance(meta, str):
-            try:
-                meta = json.loads(meta)
-            except ValueError:
-                meta = None
-        if not isinstance(meta, dict):
+        meta = parse_meta(row.get("meta"))
+        if meta is None:
             return broken(loc, BAD_ENTRY, f"{loc}: meta must be a JSON object", self.name)
-        meta = dict(meta)
         if row.get("id") not in (None, ""):
             meta["source_id"] = row["id"]
         skip = set(_IMAGE_KEYS) | set(_TEXT_KEYS) | {"id", "meta"}
@@ -225,6 +219,19 @@ class ManifestSource:
             if k not in skip and v not in (None, ""):
                 meta.setdefault(k, v)
         return meta
+
+
+def parse_meta(value) -> Optional[dict]:
+    """A record's metadata field as a new dict: empty -> {}, a JSON-object string or a dict ->
+    its items; anything else (bad JSON, a list, a number) -> None."""
+    if not value:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return dict(value) if isinstance(value, dict) else None
 
 
 def _csv_field(key: str, value):

@@ -14,7 +14,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
-from .readers import DEFAULT_MAX_BYTES, IMAGE_EXTS, TEXT_EXTS, FileProblem, resolve_inside
+from .readers import (DEFAULT_MAX_BYTES, IMAGE_EXTS, TEXT_EXTS, FileProblem, parse_meta,
+                      resolve_inside)
 from .records import BAD_ENTRY, TOO_LARGE_FILE, RawRecord, broken, make_record
 
 PathLike = Union[str, Path]
@@ -174,13 +175,8 @@ class ParquetSource:
     def _record(self, path: Path, row: int, r: dict) -> RawRecord:
         image_col, text_col, id_col, meta_col = self.cols
         loc = f"{path}#row={row}"
-        meta = r.get(meta_col) or {}
-        if isinstance(meta, str):
-            try:
-                meta = json.loads(meta)
-            except ValueError:
-                meta = None
-        if not isinstance(meta, dict):
+        meta = parse_meta(r.get(meta_col))
+        if meta is None:
             return broken(loc, BAD_ENTRY, f"{loc}: column {meta_col!r} must hold a JSON object",
                           self.name)
         meta = {**{k: v for k, v in r.items() if k not in self.cols and _scalar(v)}, **meta}

@@ -136,7 +136,8 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    package_dir={"solar": "solar", "solar_kernels": "kernels", "solar_milvus": "milvus_plugin"},
+    package_dir={"solar": "solar", "solar_kernels": "kernels/solar_kernels",
+                 "solar_milvus": "milvus_plugin/solar_milvus"},
     packages=(find_packages(include=["solar", "solar.*"])
               + ["solar_kernels"]
               + ["solar_milvus"]),

@@ -3,11 +3,14 @@
 #   bash scripts/run.sh demo   the main job: build a symmetric index of the offline clip-art set
 #   bash scripts/run.sh test   the test suite (what CI runs)
 #   bash scripts/run.sh setup  install only
-# Installing is idempotent: a re-run skips every step whose inputs did not change.
+#   bash scripts/run.sh lock   refresh requirements/lock.txt (a fresh venv, newest allowed releases)
+# Installing is idempotent: a re-run skips every step whose inputs did not change.  Every pip
+# install is constrained by requirements/lock.txt, the exact versions CI tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 STAMP_DIR=build/.stamps
+LOCK=requirements/lock.txt
 mkdir -p "$STAMP_DIR"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -41,20 +44,38 @@ install_debs() {
 
 install_package() {
   local key
-  key=$( (cat pyproject.toml setup.py CMakeLists.txt; find csrc -type f | sort | xargs cat) | sha1sum | cut -c1-16)
+  key=$( (cat pyproject.toml setup.py CMakeLists.txt "$LOCK"; find csrc -type f | sort | xargs cat) | sha1sum | cut -c1-16)
   if [ -f "$STAMP_DIR/pkg-$key" ] && $PY -c 'import solar' 2>/dev/null; then
     return 0
   fi
   log "installing solar and its dependencies (editable, builds csrc with CMake)"
-  $PY -m pip install -q "setuptools>=70" wheel "pybind11>=2.12" "cmake>=3.24"
-  $PY -m pip install -q --no-build-isolation -e ".[all]"
+  $PY -m pip install -q -c "$LOCK" "setuptools>=70" wheel "pybind11>=2.12" "cmake>=3.24"
+  $PY -m pip install -q -c "$LOCK" --no-build-isolation -e ".[all]"
   rm -f "$STAMP_DIR"/pkg-*; touch "$STAMP_DIR/pkg-$key"
 }
 
 setup() { install_torch; install_debs; install_package; }
 
+refresh_lock() {
+  # Resolve pyproject.toml's ranges afresh in a throw-away venv and freeze the result.
+  local venv
+  venv=$(mktemp -d)/venv
+  $PY -m venv "$venv"
+  log "resolving the newest releases that pyproject.toml admits in $venv"
+  "$venv/bin/python" -m pip install -q torch==2.13.0
+  "$venv/bin/python" -m pip install -q "setuptools>=70" wheel "pybind11>=2.12" "cmake>=3.24"
+  SOLAR_SKIP_NATIVE=1 "$venv/bin/python" -m pip install -q --no-build-isolation -e ".[all]"
+  { sed -n '/^#/p' "$LOCK"
+    "$venv/bin/python" -m pip freeze --all | grep -vE '^(pip|torch)==|^-e |^solar-mm'
+  } > "$LOCK.new"
+  mv "$LOCK.new" "$LOCK"
+  rm -rf "$(dirname "$venv")"
+  log "wrote $LOCK; run 'bash scripts/run.sh test' before committing it"
+}
+
 case "${1:-}" in
   setup) setup ;;
+  lock) refresh_lock ;;
   test)
     setup
     log "running the test suite"
@@ -67,5 +88,5 @@ case "${1:-}" in
       exec $PY -m solar.cli demo "$@"
     fi
     exec $PY -m solar.cli info ;;
-  *) echo "usage: bash scripts/run.sh {demo|test|setup} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/run.sh {demo|test|setup|lock} [args...]" >&2; exit 2 ;;
 esac

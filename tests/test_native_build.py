@@ -53,8 +53,8 @@ def test_build_without_the_cuda_module_succeeds(tmp_path):
             dst = tmp_path / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, dst)
-    for pkg in ("kernels", "milvus_plugin"):  # package dirs setup.py maps
-        (tmp_path / pkg).mkdir(exist_ok=True)
+    for pkg in ("kernels/solar_kernels", "milvus_plugin/solar_milvus"):  # package dirs setup.py maps
+        (tmp_path / pkg).mkdir(parents=True, exist_ok=True)
         (tmp_path / pkg / "__init__.py").touch()
     env = dict(os.environ, SOLAR_SKIP_CUDA="1", SOLAR_REQUIRE_NATIVE="1", SOLAR_BUILD_JOBS="2")
     run = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],

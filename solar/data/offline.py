@@ -1,4 +1,4 @@
-"""Real image-text pairs that work offline, from Debian packages (see ../shared/docs/data.md).
+"""Real image-text pairs that work offline, from Debian packages (docs/data.md).
 
 * Open Clip Art Library (``apt-get install openclipart-png openclipart-svg``): 8,121 clip-art PNGs;
   each has an SVG twin whose RDF metadata carries a title, keywords and sometimes a description.

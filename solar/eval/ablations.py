@@ -24,8 +24,8 @@ from solar.train.recipes import Stage1, Stage2
 class NoMaskStage1(Stage1):
     """Stage 1 whose masks stay all-ones on valid tokens/patches."""
 
-    def _masks(self, name, loc, partner, weights, rho):
-        return super()._masks(name, loc, partner, weights, 1.0)
+    def _masks(self, name, scores, weights, rho):
+        return super()._masks(name, scores, weights, 1.0)
 
 
 class NoConstructedStage2(Stage2):

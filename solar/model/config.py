@@ -1,7 +1,7 @@
 """Model configuration dataclasses and named presets.
 
 A model is fully described by a ``ModelConfig`` (saved as ``config.json`` beside the weights), so a
-checkpoint directory can be rebuilt without pickles.  Values marked [I] in the method spec are
+checkpoint directory can be rebuilt without pickles.  Values marked [I] in docs/method.md are
 choices of this project; their defaults live here.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Optional
 
 TRAINABLE = ("frozen", "lora", "full")
 ARCHS = ("solar", "score_fusion")
+READOUTS = ("cls", "cls+pooled")
 
 
 @dataclass
@@ -65,6 +66,14 @@ class ModelConfig:
     max_text_tokens: text positions the trained parts see (the tower may return more, which are
         cut) [I: 32 keeps CPU training fast; clip-art captions average 13 tokens].
     logit_scale_init: initial exp(logit scale) of the contrastive losses (CLIP's 1/0.07).
+    readout: how a pass of the fusion encoder becomes an embedding: "cls" (the paper's: the CLS
+        output through the head) or "cls+pooled" (the unit CLS vector plus one unit vector per
+        present modality, each a projection of the masked mean of that modality's adapter
+        outputs, then normalized: every present modality has a direct, equal share of the
+        embedding, and the pooled paths keep the towers' instance detail) [I; docs/method.md].
+    mask_scores: what a token or patch is scored against for the intersection mask: "global"
+        (the paper's: the partner modality's global vector) or "local" (its best match among the
+        partner's locals, so one object among several, or one word among several, is found).
     """
     image_tower: TowerConfig = field(default_factory=lambda: TowerConfig("efficientnet-lite0"))
     text_tower: TowerConfig = field(default_factory=lambda: TowerConfig("minilm-l6"))
@@ -78,12 +87,18 @@ class ModelConfig:
     max_text_tokens: int = 32
     dropout: float = 0.0
     logit_scale_init: float = 1.0 / 0.07
+    readout: str = "cls"
+    mask_scores: str = "global"
 
     def __post_init__(self):
         if isinstance(self.image_tower, dict):
             self.image_tower = TowerConfig(**self.image_tower)
         if isinstance(self.text_tower, dict):
             self.text_tower = TowerConfig(**self.text_tower)
+        if self.mask_scores not in ("global", "local"):
+            raise ValueError(f"mask_scores must be 'global' or 'local', got {self.mask_scores!r}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.width % self.heads:

@@ -1,12 +1,12 @@
 """SolarModel (adapters + fusion encoder) and ScoreFusionModel (the CLIP-SF / GCL baseline).
 
-SolarModel (spec 1.2, 3.1.2-3.1.4):
+SolarModel (docs/method.md, "Model"):
     tower tokens -> adapters A_V, A_L -> V' (B, P, W), L' (B, T, W)
     fusion encoder over [CLS; V'; L'] (soft masks as log-bias) -> head -> f = normalize (B, D)
     unimodal passes [CLS; V'] / [CLS; L'] give f_V, f_L (and f_V^M, f_L^M under masks).
     Local scores: cos(normalize(head(L'_i[t])), f_V^j), the same for patches vs. f_L^j [I: the
     locals are read through the same head so both live in the joint space].
-ScoreFusionModel (spec 2.2, 3.1.16): e_m = proj_m(masked mean of A_m(tokens)); document vector
+ScoreFusionModel (docs/method.md, "Model"): e_m = proj_m(masked mean of A_m(tokens)); document vector
     normalize(e_i + e_t) with a missing modality left out.
 """
 from __future__ import annotations
@@ -59,6 +59,11 @@ class SolarModel(DocumentEncoder):
                                     it.num_tokens, min(tt.num_tokens, cfg.max_text_tokens),
                                     cfg.dropout)
         self.head = nn.Linear(cfg.width, cfg.dim, bias=False)
+        if cfg.readout == "cls+pooled":
+            self.pool_image = nn.Linear(cfg.width, cfg.dim, bias=False)
+            self.pool_text = nn.Linear(cfg.width, cfg.dim, bias=False)
+            for p in (self.pool_image, self.pool_text):
+                nn.init.orthogonal_(p.weight)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(cfg.logit_scale_init)))
         # (tau_text, tau_image): the stage-1 QDA thresholds; NaN until trained.
         self.register_buffer("thresholds", torch.full((2,), float("nan")))
@@ -68,9 +73,23 @@ class SolarModel(DocumentEncoder):
         """Adapter outputs V' (B, P, W) and L' (B, T, W)."""
         return self.adapter_image(feats.image.tokens), self.adapter_text(feats.text.tokens)
 
-    def readout(self, cls_out: torch.Tensor) -> torch.Tensor:
-        """(B, W) CLS output -> (B, D) normalized embedding."""
-        return F.normalize(self.head(cls_out), dim=-1)
+    def readout(self, cls_out: torch.Tensor, v=None, v_weights=None, l=None,
+                l_weights=None) -> torch.Tensor:
+        """(B, W) CLS output -> (B, D) normalized embedding.  With readout "cls+pooled" the
+        present modalities' pooled locals (B, P, W) / (B, T, W) under their weights join it."""
+        f = self.head(cls_out)
+        if self.cfg.readout == "cls":
+            return F.normalize(f, dim=-1)
+        f = F.normalize(f, dim=-1)
+        for x, w, proj in ((v, v_weights, getattr(self, "pool_image", None)),
+                           (l, l_weights, getattr(self, "pool_text", None))):
+            if x is None:
+                continue
+            w = w.to(x.dtype)
+            pooled = ops.masked_pool(x, w, normalize=False, backend=None)          # (B, W)
+            present = (w.sum(dim=1) > 0).to(f.dtype)[:, None]
+            f = f + F.normalize(proj(pooled), dim=-1) * present
+        return F.normalize(f, dim=-1)
 
     def project_locals(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, W) locals -> (B, L, D) normalized, comparable with the embeddings."""
@@ -78,15 +97,15 @@ class SolarModel(DocumentEncoder):
 
     def joint(self, v, v_weights, l, l_weights) -> torch.Tensor:
         """[CLS; V'; L'] under (B, P) / (B, T) weights -> f (B, D)."""
-        return self.readout(self.fusion(v, v_weights, l, l_weights))
+        return self.readout(self.fusion(v, v_weights, l, l_weights), v, v_weights, l, l_weights)
 
     def image_only(self, v, v_weights) -> torch.Tensor:
         """[CLS; V'] -> f_V (B, D)."""
-        return self.readout(self.fusion(v=v, v_weights=v_weights))
+        return self.readout(self.fusion(v=v, v_weights=v_weights), v=v, v_weights=v_weights)
 
     def text_only(self, l, l_weights) -> torch.Tensor:
         """[CLS; L'] -> f_L (B, D)."""
-        return self.readout(self.fusion(l=l, l_weights=l_weights))
+        return self.readout(self.fusion(l=l, l_weights=l_weights), l=l, l_weights=l_weights)
 
     def embed(self, feats: DocFeatures) -> torch.Tensor:
         v, l = self.locals(feats)
@@ -98,14 +117,26 @@ class SolarModel(DocumentEncoder):
         return float(self.thresholds[0]), float(self.thresholds[1])
 
     def diagonal_scores(self, feats: DocFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of each document's own tokens/patches against its partner modality's global:
-        token (B, T) = cos(L'_i[t], f_V^i), patch (B, P) = cos(V'_i[p], f_L^i)."""
+        """Scores of each document's own tokens/patches against its partner modality:
+        token (B, T) and patch (B, P); see ``cross_scores`` for the two forms."""
         v, l = self.locals(feats)
-        f_v = self.image_only(v, feats.image_weights)
-        f_l = self.text_only(l, feats.text_weights)
-        tok = torch.einsum("btd,bd->bt", self.project_locals(l), f_v)
-        pat = torch.einsum("bpd,bd->bp", self.project_locals(v), f_l)
+        wv, wl = feats.image_weights, feats.text_weights
+        pv, pl = self.project_locals(v), self.project_locals(l)
+        if self.cfg.mask_scores == "local":
+            return _best_match(pl, pv, wv, diagonal=True), _best_match(pv, pl, wl, diagonal=True)
+        f_v, f_l = self.image_only(v, wv), self.text_only(l, wl)
+        tok = torch.einsum("btd,bd->bt", pl, f_v)
+        pat = torch.einsum("bpd,bd->bp", pv, f_l)
         return tok, pat
+
+    def cross_scores(self, loc, partner_loc, partner_weights, partner_global) -> torch.Tensor:
+        """(B, L, D) projected locals against B' partner documents -> (B, B', L) scores.
+
+        mask_scores "global" (the paper's): cos(x_i[t], g_j) with the partner's global g_j;
+        "local": max over the partner's valid locals y of cos(x_i[t], y) [I; docs/method.md]."""
+        if self.cfg.mask_scores == "local":
+            return _best_match(loc, partner_loc, partner_weights)
+        return torch.einsum("itd,jd->ijt", loc, partner_global)
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -129,7 +160,7 @@ class SolarModel(DocumentEncoder):
                 tm = feats.text.mask
                 tok_s += [t[i][tm[i]].float().cpu() for i in range(len(t))]
                 pat_s.append(p.float().cpu())
-                toks += self._token_strings(texts[s:s + batch_size], tm)
+                toks += self.token_strings(texts[s:s + batch_size], tm)
                 if not all(map(math.isfinite, self.tau)):
                     negs[0].append(self._negatives(feats, text=True))
                     negs[1].append(self._negatives(feats, text=False))
@@ -145,16 +176,17 @@ class SolarModel(DocumentEncoder):
                                  (side, side) if side * side == P else None, tau_t, tau_i, source)
 
     def _negatives(self, feats: DocFeatures, text: bool) -> torch.Tensor:
-        """Scores of locals against other documents' partner globals (off-diagonal), flat."""
+        """Scores of locals against other documents' partners (off-diagonal), flat."""
         v, l = self.locals(feats)
+        pv, pl = self.project_locals(v), self.project_locals(l)
+        wv, wl = feats.image_weights, feats.text_weights
         if text:
-            loc, w = self.project_locals(l), feats.text_weights
-            g = self.image_only(v, feats.image_weights)
+            s = self.cross_scores(pl, pv, wv, self.image_only(v, wv))
+            w = wl
         else:
-            loc, w = self.project_locals(v), feats.image_weights
-            g = self.text_only(l, feats.text_weights)
-        s = torch.einsum("itd,jd->ijt", loc, g)                                # (B, B, L)
-        off = ~torch.eye(len(g), dtype=torch.bool, device=g.device)
+            s = self.cross_scores(pv, pl, wl, self.text_only(l, wl))
+            w = wv
+        off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
         keep = off[:, :, None] & w[:, None, :]
         return s[keep].float().cpu()
 
@@ -167,16 +199,34 @@ class SolarModel(DocumentEncoder):
         tau_i = ops.qda_threshold(patches.flatten(), ni)
         return tau_t, tau_i, "batch"
 
-    def _token_strings(self, texts, mask) -> list:
+    def token_strings(self, texts, mask) -> list:
+        """Strings of each text's valid tokens, in order: ``mask`` (B, T) is the features' text
+        mask (special tokens and padding excluded).  Hashed-word towers give the words."""
         tower = self.text_tower
+        tok = getattr(tower, "tokenizer", None)
+        if tok is None:
+            import re
+            words = [re.findall(r"\w+", t.lower()) for t in texts]
+            return [[w for w, keep in zip(ws, mask[i].tolist()) if keep] for i, ws in enumerate(words)]
         prep = tower.prepare(list(texts))
         ids = prep["input_ids"][:, : mask.shape[1]]          # features are cut to mask's length
-        tok = getattr(tower, "tokenizer", None)
         out = []
         for i in range(len(texts)):
             row = ids[i][mask[i].cpu()].tolist()
-            out.append(tok.convert_ids_to_tokens(row) if tok is not None else [str(r) for r in row])
+            out.append(tok.convert_ids_to_tokens(row))
         return out
+
+
+def _best_match(x: torch.Tensor, y: torch.Tensor, wy: torch.Tensor,
+                diagonal: bool = False) -> torch.Tensor:
+    """Best cosine of each local of x (B, L, D) among the valid locals of y (B', M, D), wy
+    (B', M): (B, B', L), or (B, L) for each document against its own y when ``diagonal``.
+    Partners without valid locals give -1."""
+    if diagonal:
+        s = torch.einsum("bld,bmd->blm", x, y).masked_fill(~wy[:, None, :], float("-inf"))
+        return s.max(dim=2).values.clamp_min(-1.0)
+    s = torch.einsum("ild,jmd->ijlm", x, y).masked_fill(~wy[None, :, None, :], float("-inf"))
+    return s.max(dim=3).values.clamp_min(-1.0)
 
 
 class ScoreFusionModel(DocumentEncoder):

@@ -1,6 +1,6 @@
 """Training configuration: one dataclass for the four recipes.
 
-Defaults are the project's choices where the papers are silent ([I] in the method spec); they
+Defaults are the project's choices where the papers are silent ([I] in docs/method.md); they
 fit the 2-core CPU machine with frozen offline towers and cached features.
 """
 from __future__ import annotations
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 RECIPES = ("stage1", "stage2", "gcl", "clip")
+GLA_FORMS = ("mean", "local", "smoothmax")
 DEFAULT_MODEL = {"stage1": "solar-offline", "stage2": None, "gcl": "score-fusion-offline",
                  "clip": "score-fusion-offline"}
 
@@ -57,15 +58,24 @@ class TrainConfig:
     stop_at: Optional[int] = None          # stop (with a checkpoint) at this step; resume later
     progress: bool = True
     max_text_tokens: Optional[int] = None  # trim cached text tokens (None: the tower's max_length)
-    # ---- stage 1 (spec 1.3) [I] values
+    # ---- stage 1 (docs/method.md, "Stage 1") [I] values
     gla_margin: float = 0.1                # delta of the GLA hinge
+    gla_form: str = "mean"                 # "mean": hinge on mean scores (paper); "local": per
+                                           # element; "smoothmax": on a soft max of the elements
+    gla_temp: float = 0.05                 # temperature of the "smoothmax" pooling
+    w_local: float = 0.0                   # weight of token-to-patch alignment (losses.py)
+    local_temp: float = 0.05               # its temperature
+    mix_text: float = 0.0                  # pair mixing (mixing.py): share of captions that get
+    mix_image: float = 0.0                 # another's keywords / images half another's patches
+    mask_probe_every: int = 0              # log mask-benchmark metrics (val split) every N steps
+    mask_probe_cases: int = 64             # composites in that probe
     w_gla: float = 1.0                     # lambda1
     w_gd: float = 1.0                      # lambda2
     w_ld: float = 1.0                      # lambda3
     qda_momentum: float = 0.9              # EMA of the Gaussian statistics across steps
     qda_priors: Optional[tuple] = None     # (pi+, pi-) or None (equal densities, the papers' rule)
     anneal_frac: float = 0.5               # rho goes 1 -> 0 linearly over this fraction of steps
-    # ---- stage 2 (spec 1.4) [I] values
+    # ---- stage 2 (docs/method.md, "Stage 2") [I] values
     temperature: float = 0.05              # eta
     pos_ratio: float = 0.5                 # share of intersection tokens hidden in a positive
     area_cap: float = 0.5                  # r_max: at most this share of patches hidden per view
@@ -74,6 +84,11 @@ class TrainConfig:
     mine_k: int = 2                        # mined negatives per anchor and step (0: none)
     mine_skip: int = 3                     # nearest neighbours skipped (likely false negatives)
     mine_window: int = 30                  # ranks skip+1 .. skip+window are sampled
+    crop_views: float = 0.0                # views drop up to this share of patch-grid rows/cols
+    token_drop: float = 0.0                # views drop each token with this probability
+    anchor_view: bool = False              # the anchor is such a view too (else unmasked)
+    neg_min_share: float = 0.0             # a constructed negative must hide >= this share
+    s2_distill: float = 0.0                # weight of global distillation of the documents
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -92,9 +107,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mine_k > 0 and self.mine_window <= 0:
             raise ValueError(f"mine_window must be positive when mine_k > 0, got {self.mine_window}")
-        for name in ("pos_ratio", "area_cap", "neg_ratio", "anneal_frac"):
+        for name in ("pos_ratio", "area_cap", "neg_ratio", "anneal_frac", "crop_views",
+                     "token_drop", "neg_min_share", "mix_text", "mix_image"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.gla_form not in GLA_FORMS:
+            raise ValueError(f"gla_form must be one of {GLA_FORMS}, got {self.gla_form!r}")
+        if self.mask_probe_every < 0 or self.mask_probe_cases < 2:
+            raise ValueError("mask_probe_every must be >= 0 and mask_probe_cases >= 2")
+        if self.s2_distill < 0:
+            raise ValueError(f"s2_distill must be >= 0, got {self.s2_distill}")
+        if self.w_local < 0 or self.local_temp <= 0:
+            raise ValueError("w_local must be >= 0 and local_temp positive")
+        if self.gla_temp <= 0:
+            raise ValueError(f"gla_temp must be positive, got {self.gla_temp}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("temperature and lr must be positive")
         if self.split not in ("train", "val", "test"):

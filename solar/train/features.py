@@ -63,13 +63,15 @@ class FeatureStore:
     KEYS = ("image_tokens", "image_mask", "image_pooled", "text_tokens", "text_mask",
             "text_pooled", "has_image", "has_text")
 
-    def __init__(self, tensors: dict, ids: list, max_tokens: Optional[int] = None):
+    def __init__(self, tensors: dict, ids: list, max_tokens: Optional[int] = None,
+                 texts: Optional[list] = None):
         missing = [k for k in self.KEYS if k not in tensors]
         if missing:
             raise ValueError(f"feature store lacks {missing}")
         self.t = tensors
         self.ids = list(ids)
         self.max_tokens = max_tokens
+        self.texts = texts          # the documents' texts (pair mixing re-encodes them)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -194,6 +196,7 @@ class LiveSource:
     def __init__(self, docs: list, max_tokens: Optional[int] = None):
         self.docs = docs
         self.ids = [d.id for d in docs]
+        self.texts = [d.text for d in docs]
         self.max_tokens = max_tokens
 
     def __len__(self) -> int:

@@ -67,6 +67,7 @@ def make_source(cfg: TrainConfig, model, docs, device, log):
     store, info = cached_store(model, docs, cfg.cache_dir, f"{cfg.data}-{cfg.split}",
                                cfg.feature_batch, cfg.progress and dist.rank() == 0)
     store.max_tokens = max_tokens
+    store.texts = [d.text for d in docs]
     log({"event": "feature_cache", **info, "docs": len(docs)})
     return store
 

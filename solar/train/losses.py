@@ -1,8 +1,10 @@
-"""Stage-1 losses that are not fused ops: GLA hinge and Pearson distillation (spec 1.3, 3.1.5-7).
+"""Stage-1 losses that are not fused ops: GLA hinge and Pearson distillation (docs/method.md, "Stage 1").
 
 The contrastive losses (ITC, GCL, stage 2) are ``solar`` ops and are called from the recipes.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -11,7 +13,7 @@ from solar import ops
 
 def gla_hinge(locals_: torch.Tensor, weights: torch.Tensor, partner: torch.Tensor,
               margin: float, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global-to-local alignment hinge for one direction (spec 3.1.5).
+    """Global-to-local alignment hinge for one direction (docs/method.md, "GLA").
 
     Args:
         locals_: (B, L, D) L2-normalized local features of one modality.
@@ -39,6 +41,78 @@ def gla_hinge(locals_: torch.Tensor, weights: torch.Tensor, partner: torch.Tenso
     return (hinge * has).sum() / n, sim
 
 
+def gla_local_hinge(locals_: torch.Tensor, weights: torch.Tensor, partner: torch.Tensor,
+                    margin: float, offset: int = 0,
+                    owner: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """GLA per local element: every valid token (or patch) must be closer to its owner's partner
+    global than to any other document's, by ``margin`` (docs/method.md, "GLA").
+
+    Same arguments as ``gla_hinge``, plus ``owner`` (B, L) long: the row of ``partner`` each
+    element belongs to (default: its own document, ``offset + i``; pair mixing gives elements
+    taken from another document that document's row).  loss = mean over valid elements x and
+    rows j != owner(x) of relu(cos(x, g_j) + delta - cos(x, g_owner(x))).  Unlike the hinge on
+    means, it cannot be satisfied by a few elements that carry the whole pair.
+    """
+    s = torch.einsum("bld,jd->blj", locals_, partner)                      # (B, L, B')
+    B, L, _ = s.shape
+    if owner is None:
+        owner = (offset + torch.arange(B, device=s.device))[:, None].expand(B, L)
+    pos = s.gather(2, owner[:, :, None])                                   # (B, L, 1)
+    keep = weights[:, :, None].expand_as(s).clone()
+    keep.scatter_(2, owner[:, :, None], False)
+    hinge = torch.relu(s - pos + margin)
+    return (hinge * keep).sum() / keep.sum().clamp_min(1)
+
+
+def gla_smoothmax_hinge(locals_: torch.Tensor, weights: torch.Tensor, partner: torch.Tensor,
+                        margin: float, temp: float, offset: int = 0) -> torch.Tensor:
+    """GLA on a smooth maximum of the element scores instead of their mean (docs/method.md, "GLA").
+
+    pair score S(i, j) = temp * log(mean over valid t of exp(cos(x_i[t], g_j) / temp)): the mean
+    of the paper's form as temp -> inf, the best element as temp -> 0.  loss = mean over i and
+    j != i of relu(S(i, j) + delta - S(i, i)).  The gradient goes to the elements that match a
+    partner best, so elements that match nothing (background, words the image does not show) are
+    not pulled towards the pair.
+    """
+    s = torch.einsum("bld,jd->blj", locals_, partner) / temp                # (B, L, B')
+    w = weights[:, :, None].expand_as(s)
+    n = weights.sum(dim=1).clamp_min(1).to(s.dtype)                       # (B,)
+    S = temp * (torch.logsumexp(s.masked_fill(~w, float("-inf")), dim=1) - n.log()[:, None])
+    B = S.shape[0]
+    rows, cols = torch.arange(B, device=S.device), offset + torch.arange(B, device=S.device)
+    pos = S[rows, cols][:, None]
+    off = torch.ones_like(S, dtype=torch.bool)
+    off[rows, cols] = False
+    has = weights.any(dim=1)[:, None] & off
+    hinge = torch.relu(S.masked_fill(~has, 0.0) - pos.masked_fill(~weights.any(dim=1)[:, None], 0.0)
+                       + margin)
+    return (hinge * has).sum() / has.sum().clamp_min(1)
+
+
+def local_alignment(text_locals: torch.Tensor, text_weights: torch.Tensor,
+                    image_locals: torch.Tensor, image_weights: torch.Tensor,
+                    temp: float) -> torch.Tensor:
+    """Token-to-patch alignment (docs/method.md, "local alignment"): pair score
+    S(i, j) = mean over i's valid tokens of the best cosine among j's valid patches; a symmetric
+    InfoNCE over the batch on S / temp.  Each word must find its region in its own image better
+    than in any other image of the batch, which a caption's shared context cannot do for it.
+
+    text_locals (B, T, D), image_locals (B, P, D): L2-normalized; weights bool.
+    """
+    s = torch.einsum("itd,jpd->ijtp", text_locals, image_locals)
+    s = s.masked_fill(~image_weights[None, :, None, :], float("-inf")).max(dim=3).values
+    s = s.clamp_min(-1.0)                                                  # (B, B, T)
+    w = text_weights[:, None, :].to(s.dtype)
+    S = (s * w).sum(dim=2) / w.sum(dim=2).clamp_min(1)                     # (B, B)
+    ok = text_weights.any(dim=1) & image_weights.any(dim=1)
+    if ok.sum() < 2:
+        return S.sum() * 0.0
+    S = S[ok][:, ok] / temp
+    y = torch.arange(S.shape[0], device=S.device)
+    return 0.5 * (torch.nn.functional.cross_entropy(S, y)
+                  + torch.nn.functional.cross_entropy(S.T, y))
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of a and b over the True entries of ``mask``, per leading row.
 
@@ -57,7 +131,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
 
 def local_distillation(student: torch.Tensor, teacher: torch.Tensor,
                        weights: torch.Tensor) -> torch.Tensor:
-    """1 - mean_k corr(G_k^T, G_k) over samples with >= 2 valid locals (spec 3.1.6).
+    """1 - mean_k corr(G_k^T, G_k) over samples with >= 2 valid locals (docs/method.md, "Local and global distillation").
 
     student: (B, L, D) and teacher: (B, L, d_t) local features on the same token/patch grid;
     weights: (B, L) bool.  G_k is the cosine matrix of sample k's valid locals, off-diagonal
@@ -78,7 +152,7 @@ def local_distillation(student: torch.Tensor, teacher: torch.Tensor,
 
 
 def global_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """1 - corr(vec S^T, vec S) over off-diagonal entries of the B x B cosine matrices (3.1.7).
+    """1 - corr(vec S^T, vec S) over off-diagonal entries of the B x B cosine matrices (docs/method.md).
 
     student: (B, D) normalized globals; teacher: (B, d_t) teacher globals (any scale).
     """

@@ -1,4 +1,4 @@
-"""Running QDA thresholds (spec 1.3(c), 3.1.8) and the annealed mask (spec 1.3(d), 3.1.9).
+"""Running QDA thresholds and the annealed mask (docs/method.md, "Masks").
 
 ``RunningQDA`` keeps an exponential moving average of the mean and variance of the positive
 (matching-pair) and negative (non-matching) score populations; the threshold is their

@@ -18,8 +18,10 @@ from solar.model.solar_model import ScoreFusionModel, SolarModel
 
 from . import dist
 from .config import TrainConfig
-from .losses import gla_hinge, global_distillation, local_distillation
+from .losses import (gla_hinge, gla_local_hinge, gla_smoothmax_hinge, global_distillation,
+                     local_alignment, local_distillation)
 from .mining import neighbour_pools, sample_negatives
+from .mixing import mix_patches, mix_texts, token_owners
 from .qda import RunningQDA, annealed_mask, rho_schedule
 from .views import StageOneMasks, build_views, segment_patches, segment_scores
 
@@ -58,17 +60,57 @@ class Recipe:
 
 # --------------------------------------------------------------------------- stage 1
 class Stage1(Recipe):
-    """ITC on masked unimodal globals + lambda1 GLA + lambda2 GD + lambda3 LD (spec 1.3(g))."""
+    """ITC on masked unimodal globals + lambda1 GLA + lambda2 GD + lambda3 LD (docs/method.md, "Stage 1")."""
     arch = SolarModel
 
     def __init__(self, cfg, total_steps):
         super().__init__(cfg, total_steps)
         self.qda = {m: RunningQDA(cfg.qda_momentum, cfg.qda_priors) for m in ("text", "image")}
+        self.gen = torch.Generator().manual_seed(cfg.seed + 29)
 
-    def _masks(self, name, loc, partner, weights, rho):
-        """Update the modality's running QDA from detached scores; return (soft mask, stats)."""
+    def _gla(self, loc, weights, partner, off):
+        if self.cfg.gla_form == "local":
+            return gla_local_hinge(loc, weights, partner, self.cfg.gla_margin, off)
+        if self.cfg.gla_form == "smoothmax":
+            return gla_smoothmax_hinge(loc, weights, partner, self.cfg.gla_margin,
+                                       self.cfg.gla_temp, off)
+        return gla_hinge(loc, weights, partner, self.cfg.gla_margin, off)[0]
+
+    def _mixed_text_gla(self, model, source, idx, partner, off):
+        """Per-token GLA over captions with another document's keywords appended (mixing.py)."""
+        texts = getattr(source, "texts", None)
+        if texts is None:
+            raise ValueError("mix_text needs the documents' texts from the training source")
+        mixed, other, cut = mix_texts([texts[i] for i in idx.tolist()], self.cfg.mix_text, self.gen)
         with torch.no_grad():
-            s = torch.einsum("itd,jd->ijt", loc.float(), partner.float())  # (B, B, L)
+            mf = model.tower_features(texts=mixed).trim_text(model.cfg.max_text_tokens)
+        lm = model.project_locals(model.adapter_text(mf.text.tokens.float()))
+        owner = token_owners(model.text_tower, mixed, cut, other, lm.shape[1], off)
+        return gla_local_hinge(lm, mf.text_weights, partner, self.cfg.gla_margin,
+                               owner=owner.to(lm.device))
+
+    def setup(self, model, source, device, used=None) -> None:
+        self.probe = None
+        if self.cfg.mask_probe_every > 0 and dist.rank() == 0:
+            from solar.eval.mask_metrics import case_features
+            from solar.eval.masks import MaskBenchConfig, build_mask_benchmark
+            bench = build_mask_benchmark(MaskBenchConfig(split="val",
+                                                         max_cases=self.cfg.mask_probe_cases))
+            self.probe = case_features(model, bench)
+
+    def _probe(self, model, step) -> dict:
+        """Mask-benchmark metrics on the val probe every ``mask_probe_every`` steps."""
+        if self.probe is None or (step + 1) % self.cfg.mask_probe_every:
+            return {}
+        from solar.eval.mask_metrics import evaluate_model_masks
+        r = evaluate_model_masks(model, self.probe)
+        return {f"probe_{k}": r[k] for k in ("token_auc", "patch_auc", "token_f1", "patch_iou")}
+
+    def _masks(self, name, s, weights, rho):
+        """Update the modality's running QDA from detached (B, B, L) scores of locals against
+        partners; return (soft mask, tau, marked share)."""
+        with torch.no_grad():
+            s = s.float()
             B = s.shape[0]
             eye = torch.eye(B, dtype=torch.bool, device=s.device)
             diag = s[eye]                                                  # (B, L)
@@ -87,11 +129,24 @@ class Stage1(Recipe):
         f_v, f_l = model.image_only(v, wv), model.text_only(l, wl)        # unmasked globals
         pv, pl = model.project_locals(v), model.project_locals(l)
         off = dist.rank() * len(idx)
-        gla_t, _ = gla_hinge(pl, wl, G(f_v), c.gla_margin, off)
-        gla_i, _ = gla_hinge(pv, wv, G(f_l), c.gla_margin, off)
+        if c.mix_text > 0:
+            gla_t = self._mixed_text_gla(model, source, idx, G(f_v), off)
+        else:
+            gla_t = self._gla(pl, wl, G(f_v), off)
+        if c.mix_image > 0:
+            tok, owner = mix_patches(feats.image.tokens, c.mix_image, self.gen, off)
+            vm = model.project_locals(model.adapter_image(tok))
+            gla_i = gla_local_hinge(vm, wv, G(f_l), c.gla_margin, owner=owner)
+        else:
+            gla_i = self._gla(pv, wv, G(f_l), off)
         rho = rho_schedule(step, self.total_steps, c.anneal_frac)
-        m_l, tau_t, frac_t = self._masks("text", pl, f_v, wl, rho)
-        m_v, tau_i, frac_i = self._masks("image", pv, f_l, wv, rho)
+        with torch.no_grad():
+            s_t = model.cross_scores(pl, pv, wv, f_v)                     # (B, B, T)
+            s_i = model.cross_scores(pv, pl, wl, f_l)                     # (B, B, P)
+        m_l, tau_t, frac_t = self._masks("text", s_t, wl, rho)
+        m_v, tau_i, frac_i = self._masks("image", s_i, wv, rho)
+        if c.w_local > 0:
+            loss_local = local_alignment(pl, wl, pv, wv, c.local_temp)
         f_vm, f_lm = model.image_only(v, m_v), model.text_only(l, m_l)      # masked globals
         itc = ops.contrastive_loss(G(f_vm), G(f_lm), _scale(model), backend=None)
         gd = (global_distillation(G(f_v), G(feats.image.pooled))
@@ -99,26 +154,33 @@ class Stage1(Recipe):
         ld = (local_distillation(pv, feats.image.tokens, wv)
               + local_distillation(pl, feats.text.tokens, wl))
         loss = itc + c.w_gla * (gla_t + gla_i) + c.w_gd * gd + c.w_ld * ld
+        if c.w_local > 0:
+            loss = loss + c.w_local * loss_local
         model.thresholds.copy_(torch.tensor([tau_t, tau_i]))
         metrics = {"itc": itc.item(), "gla": (gla_t + gla_i).item(), "gd": gd.item(),
                    "ld": ld.item(), "rho": rho, "tau_text": tau_t, "tau_image": tau_i,
                    "mask_text": frac_t, "mask_image": frac_i,
+                   "local": loss_local.item() if c.w_local > 0 else 0.0,
                    "logit_scale": _scale(model).item()}
         metrics.update(self.qda["text"].summary("text"))
         metrics.update(self.qda["image"].summary("image"))
+        metrics.update(self._probe(model, step))
         return loss, metrics
 
     def state_tensors(self) -> dict:
-        return {f"qda_{k}": q.stats.clone() for k, q in self.qda.items()}
+        return {**{f"qda_{k}": q.stats.clone() for k, q in self.qda.items()},
+                "gen": self.gen.get_state()}
 
     def load_state_tensors(self, state: dict) -> None:
         for k, q in self.qda.items():
             q.stats = state[f"qda_{k}"].to(torch.float64)
+        if "gen" in state:
+            self.gen.set_state(state["gen"])
 
 
 # --------------------------------------------------------------------------- stage 2
 class Stage2(Recipe):
-    """Multi-positive InfoNCE over mask-built views and mined negatives (spec 1.4, 3.1.13)."""
+    """Multi-positive InfoNCE over mask-built views and mined negatives (docs/method.md, "Stage 2")."""
     arch = SolarModel
 
     def __init__(self, cfg, total_steps):
@@ -161,11 +223,25 @@ class Stage2(Recipe):
                                       self.cfg.mine_window) if self.cfg.mine_k > 0 else None)
         model.train(was)
 
+    def _view(self, wv, wl):
+        """Random crop-like patch drop and token dropout of the "view" options (identity when
+        both are 0): (B, P), (B, T) weights -> the same with elements removed."""
+        c = self.cfg
+        if c.crop_views > 0:
+            wv = wv & crop_keep(wv.shape, c.crop_views, self.gen).to(wv.device)
+        if c.token_drop > 0:
+            drop = torch.rand(wl.shape, generator=self.gen).to(wl.device) < c.token_drop
+            keep = wl & ~drop
+            wl = torch.where(keep.any(dim=1, keepdim=True), keep, wl)   # never empty a text
+        return wv, wl
+
     def loss(self, model, feats, idx, step, source):
         c, dev = self.cfg, feats.has_image.device
         v, l = model.locals(feats)
-        wv, wl = feats.image_weights, feats.text_weights
-        anchors = model.joint(v, wv, l, wl)                                # (B, D)
+        wv0, wl0 = feats.image_weights, feats.text_weights
+        av, al = self._view(wv0, wl0) if c.anchor_view else (wv0, wl0)
+        anchors = model.joint(v, av, l, al)                                 # (B, D)
+        wv, wl = self._view(wv0, wl0)
         m = self.masks
         sub = StageOneMasks(m.token_int[idx][:, : l.shape[1]], m.token_diff[idx][:, : l.shape[1]],
                             m.segments[idx], m.seg_int[idx], m.seg_diff[idx])
@@ -183,19 +259,23 @@ class Stage2(Recipe):
         A = G(anchors)
         cg = ops.build_columns(A, G(pos), G(neg), None if mined is None else G(mined))
         valid = cg.valid.clone()
+        neg_ok = vw["neg_ok"] & hidden_share_ok(vw, wv0, wl0, c.neg_min_share)
         valid[:, cg.slices["constructed_negatives"]] &= dist.all_gather_nograd(
-            vw["neg_ok"]).flatten()[None, :]
+            neg_ok).flatten()[None, :]
         if mined is not None:
             gidx = dist.all_gather_nograd(idx.to(dev))
             gm = dist.all_gather_nograd(mined_idx.to(dev)).flatten()
             valid[:, cg.slices["mined_negatives"]] &= gm[None, :] != gidx[:, None]
         loss = ops.multi_positive_infonce(A, cg.candidates, cg.positives, valid, c.temperature,
                                           backend=None)
+        if c.s2_distill > 0:
+            loss = loss + c.s2_distill * global_distillation(G(model.joint(v, wv0, l, wl0)),
+                                                             G(teacher_documents(feats)))
         with torch.no_grad():
             sims = A @ cg.candidates.T
             metrics = {"pos_sim": sims[cg.positives].mean().item(),
                        "neg_view_sim": sims[:, cg.slices["constructed_negatives"]].mean().item(),
-                       "neg_views_ok": vw["neg_ok"].float().mean().item()}
+                       "neg_views_ok": neg_ok.float().mean().item()}
             if mined is not None:
                 metrics["mined_sim"] = sims[:, cg.slices["mined_negatives"]].mean().item()
         return loss, metrics
@@ -207,12 +287,54 @@ class Stage2(Recipe):
         self.gen.set_state(state["gen"])
 
 
+def crop_keep(shape, max_frac: float, g: torch.Generator) -> torch.Tensor:
+    """(B, P) bool keep-mask of square patch grids: per row, 1 .. ceil(max_frac * side) grid rows
+    or columns removed from one random side (a crop on the feature grid)."""
+    B, P = shape
+    side = int(round(P ** 0.5))
+    if side * side != P or side < 2:
+        return torch.ones(B, P, dtype=torch.bool)
+    keep = torch.ones(B, side, side, dtype=torch.bool)
+    most = max(1, math.ceil(max_frac * side))
+    k = torch.randint(1, most + 1, (B,), generator=g)
+    which = torch.randint(0, 4, (B,), generator=g)
+    for i in range(B):
+        n = int(k[i])
+        if which[i] == 0:
+            keep[i, :n] = False
+        elif which[i] == 1:
+            keep[i, -n:] = False
+        elif which[i] == 2:
+            keep[i, :, :n] = False
+        else:
+            keep[i, :, -n:] = False
+    return keep.view(B, P)
+
+
+def hidden_share_ok(vw: dict, wv: torch.Tensor, wl: torch.Tensor, min_share: float) -> torch.Tensor:
+    """(B, 2) bool: whether each constructed negative view (text, image) hides at least
+    ``min_share`` of the valid elements of its modality."""
+    if min_share <= 0:
+        return torch.ones(wv.shape[0], 2, dtype=torch.bool, device=wv.device)
+    st = 1 - vw["neg_text"].sum(1) / wl.sum(1).clamp_min(1)
+    si = 1 - vw["neg_image"].sum(1) / wv.sum(1).clamp_min(1)
+    return torch.stack([st >= min_share, si >= min_share], dim=1)
+
+
+def teacher_documents(feats) -> torch.Tensor:
+    """(B, d_v + d_l) the frozen towers' pooled vectors, each normalized (zero when missing):
+    the teacher of the document embeddings' similarity structure."""
+    i = F.normalize(feats.image.pooled.float(), dim=-1) * feats.has_image[:, None]
+    t = F.normalize(feats.text.pooled.float(), dim=-1) * feats.has_text[:, None]
+    return torch.cat([i, t], dim=-1)
+
+
 # --------------------------------------------------------------------------- baselines
 def three_embeddings(model, feats):
     """(e_image, e_text, e_fused), each (B, D) normalized.
 
-    ScoreFusionModel: e_fused = normalize(e_i + e_t) (spec 2.2).  SolarModel: the image-only,
-    text-only and joint passes of the fusion encoder (the spec's optional bridge, 3.1.18).
+    ScoreFusionModel: e_fused = normalize(e_i + e_t) (docs/method.md, "Model").  SolarModel: the image-only,
+    text-only and joint passes of the fusion encoder (a bridge between the two methods).
     """
     if isinstance(model, ScoreFusionModel):
         e_i, e_t = model.modal_embeddings(feats)
@@ -224,7 +346,7 @@ def three_embeddings(model, feats):
 
 
 class GCL(Recipe):
-    """GCL's 3N x 3N loss over [e_i; e_t; e_it] (spec 2.3)."""
+    """GCL's 3N x 3N loss over [e_i; e_t; e_it] (docs/method.md, "Baselines")."""
 
     def loss(self, model, feats, idx, step, source):
         e_i, e_t, e_it = three_embeddings(model, feats)

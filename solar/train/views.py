@@ -1,4 +1,4 @@
-"""Stage-2 view construction from the frozen stage-1 masks (spec 1.4, 3.1.12).
+"""Stage-2 view construction from the frozen stage-1 masks (docs/method.md, "Stage 2").
 
 Per document (precomputed once with the stage-1 model):
   * text: which tokens are intersection (score > tau_L) and which are difference;

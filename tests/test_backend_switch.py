@@ -23,7 +23,8 @@ def _mp_forward(x, w, normalize, eps):
     return y, torch.stack([s, n if normalize else torch.zeros_like(n)], 1)
 
 
-def _mp_backward(dy, x, w, y, stats, normalize, eps, need_dw):
+def _mp_backward(dy, x, w, normalize, eps, y, stats, needs):
+    need_dw = needs[1]
     s, n = stats[:, 0].to(x.dtype), stats[:, 1].to(x.dtype)
     if normalize:
         dmean = (dy - y * (y * dy).sum(1, keepdim=True)) / n.clamp_min(eps)[:, None]
@@ -33,7 +34,7 @@ def _mp_backward(dy, x, w, y, stats, normalize, eps, need_dw):
     dv = torch.where(s[:, None] > 0, dmean / s.clamp_min(1e-30)[:, None], torch.zeros_like(dmean))
     dx = w.to(x.dtype)[:, :, None] * dv[:, None, :]
     dw = (torch.einsum("bld,bd->bl", x, dv) - (mean * dv).sum(1, keepdim=True)).to(w.dtype) \
-        if need_dw else w.new_empty(0)
+        if need_dw else None
     return dx, dw
 
 

@@ -104,3 +104,13 @@ def test_import_solar_is_light():
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, f"import solar loaded {out.stdout.strip()} {out.stderr[-500:]}"
+
+
+def test_kernels_package_imports_nothing_from_solar():
+    """solar_kernels is a leaf: the triton backend's table (solar/ops/_triton.py) imports it."""
+    pytest.importorskip("triton", reason="triton is not installed")
+    code = ("import sys, solar_kernels; "
+            "bad = [m for m in sys.modules if m == 'solar' or m.startswith('solar.')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, f"solar_kernels imported {out.stdout.strip()} {out.stderr[-500:]}"

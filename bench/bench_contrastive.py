@@ -1,7 +1,7 @@
 """Contrastive losses: symmetric CLIP loss (k = 0 or k hard-negative columns) and GCL's 3B x 3B
 loss, forward, backward and both, per provider.
 
-Roofline figure: effective TFLOP/s with the same count for every provider (performance.md 5.2):
+Roofline figure: effective TFLOP/s with the same count for every provider:
 forward 2 M N D for the logits, backward 6 M N D (recompute + two GEMMs), together 8 M N D, with
 M = B rows and N = B + k columns for the CLIP loss (the b->a direction reuses the same B x B
 block), and M = N = 3B for GCL (every pair, no use of symmetry).

@@ -1,8 +1,9 @@
 """Masked pooling + L2 normalize: forward, backward and both, per provider.
 
-Roofline figure: GB/s over the bytes a fused kernel must move (performance.md section 5.3):
-forward reads x and the weights and writes y; backward reads dy and the weights and writes dx,
-and with a soft (learnable) mask also reads x again and writes dw.
+Roofline figure: GB/s over the bytes a fused kernel must move: forward reads x and the weights
+and writes y; backward reads dy and the weights and writes dx, and with a soft (learnable) mask
+also reads x again and writes dw.  The op is bandwidth-bound (2 B L D FLOPs against B L D bytes
+of x), so GB/s against the device's measured copy bandwidth is the figure of merit.
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Shared test vocabulary: one tolerance table keyed by dtype, one list of awkward shapes, and
-input makers.  Every backend's tests compare against the float64 reference with these."""
+"""Shared test vocabulary: one tolerance table keyed by dtype, one list of awkward shapes per op,
+and input makers.  Every backend is compared against the float64 reference with these
+(tests/test_ops_conformance.py)."""
 from __future__ import annotations
 
 import torch
@@ -13,9 +14,18 @@ TOL = {
 }
 
 # (B, L, D) for pooling: non-powers of two, batch 1, a single token, block-size edges.
-POOL_SHAPES = [(1, 1, 1), (1, 7, 3), (3, 97, 131), (2, 33, 1023), (5, 16, 64), (4, 65, 129)]
+POOL_SHAPES = [(1, 1, 1), (1, 7, 3), (3, 97, 131), (2, 33, 1023), (5, 16, 64), (4, 65, 129),
+               (2, 32, 256), (2, 33, 257)]
 # (B, D) for the losses.
 LOSS_SHAPES = [(1, 1), (1, 8), (3, 5), (17, 33), (97, 131), (64, 64), (65, 129)]
+# (B, D) for GCL, whose logits are 3B x 3B: B <= 40 keeps the Triton interpreter's runs short.
+GCL_SHAPES = [(1, 1), (1, 8), (3, 5), (17, 33), (33, 20), (40, 131)]
+# (B, D, K): the contrastive loss with K shared hard-negative columns.
+NEG_SHAPES = [(1, 8, 1), (17, 33, 5), (40, 131, 31), (33, 65, 64)]
+# (B, N, D) for multi-positive InfoNCE: anchors against N candidates.
+MPI_SHAPES = [(1, 1, 1), (1, 1, 8), (3, 7, 5), (17, 40, 33), (33, 65, 40), (64, 97, 131)]
+# Temperatures of multi-positive InfoNCE (1/T is the logit scale: 1, ~14, 100).
+TEMPERATURES = [1.0, 0.07, 0.01]
 # Logit scales: 1, CLIP's init (1/0.07), and the usual clamp of 100.
 SCALES = [1.0, 14.285714, 100.0]
 # Mask cases for pooling.

@@ -86,6 +86,28 @@ def test_cuda_module_build_info_and_status():
     assert _native.cuda_module.gcl_workspace(B) == 3 * B
 
 
+def _signatures(module) -> dict:
+    """name -> the first line of each bound function's docstring: its pybind11 signature."""
+    return {name: getattr(module, name).__doc__.splitlines()[0].replace(name, "", 1)
+            for name in dir(module) if not name.startswith("_")
+            and callable(getattr(module, name))}
+
+
+@needs_cpu
+@needs_cuda_module
+def test_cpu_and_cuda_modules_share_one_binding_signature():
+    """csrc/common/bindings.h: the same functions, argument names and types in both modules."""
+    cpu, cuda = _signatures(_native.cpu_module), _signatures(_native.cuda_module)
+    shared = set(cpu) & set(cuda)
+    assert {"masked_pool_fwd", "masked_pool_bwd", "contrastive_fwd", "contrastive_bwd", "gcl_fwd",
+            "gcl_bwd", "mpi_fwd", "mpi_bwd", "contrastive_workspace", "gcl_workspace",
+            "build_info"} <= shared
+    assert set(cuda) == shared, "the CUDA module has functions the CPU module lacks"
+    for name in shared:
+        assert cpu[name] == cuda[name], f"{name}: cpu {cpu[name]} vs cuda {cuda[name]}"
+    assert "stream: " in cpu["mpi_bwd"] and "scale: object" in cpu["contrastive_fwd"]
+
+
 def _fake_cuda(shape, dtype="float32", ptr=1 << 20, strides=None):
     """A CUDA tensor description (never dereferenced: the checks reject it first)."""
     if strides is None:
@@ -124,3 +146,16 @@ def test_cuda_bad_arguments_name_the_argument():
     moved = (1 << 20, "bfloat16", "cuda", 1, (4, 8), (8, 1))
     with pytest.raises(ValueError, match="argument 'et': is on device index 1"):
         mod.gcl_fwd(a, moved, a, s, s, _fake_cuda((12,)), _fake_cuda((12,)), 0)
+    d, grad = _fake_cuda((4, 8)), _fake_cuda(())
+    with pytest.raises(ValueError, match="argument 'det': size 5 along dim 0"):
+        mod.gcl_bwd(a, a, a, s, s, _fake_cuda((12,)), d, _fake_cuda((5, 8)), d, grad, 0)
+    with pytest.raises(TypeError, match="argument 'dscale': dtype must be float32"):
+        mod.contrastive_bwd(a, a, None, s, None, s, lse, lse, d, d, None,
+                            _fake_cuda((), "bfloat16"), grad, True, 0)
+    pos = _fake_cuda((4, 6), "bool")
+    with pytest.raises(ValueError, match="argument 'valid': size 5 along dim 1"):
+        mod.mpi_fwd(a, _fake_cuda((6, 8), "bfloat16"), pos, _fake_cuda((4, 5), "bool"), s, s,
+                    lse, lse, 0)
+    with pytest.raises(TypeError, match="argument 'cand': dtype float32 differs"):
+        mod.mpi_bwd(a, _fake_cuda((6, 8)), pos, pos, s, s, lse, lse, d, _fake_cuda((6, 8)), grad,
+                    0)

@@ -1,8 +1,10 @@
 // pybind11 entry point of solar._csrc_cpu (CPU C++ kernels).
 //
-// Every function takes tensors as description tuples (see csrc/common/args.h), checks them all,
-// and writes into outputs allocated by the caller (solar/ops/_native.py).  Scalars (scale, bias,
-// the incoming gradient) are Python floats: the tensors live on the CPU.
+// The binding signature is the one of common/bindings.h, shared with the CUDA module: tensors as
+// description tuples (common/args.h), every argument checked before any work, outputs allocated
+// by the caller (solar/ops/_native.py) and written in place, scalars as 0-dim float32 tensors
+// (read here on the host), and `stream` 0.  CPU-only extras: ISA choice, threads, the losses'
+// chunk size and their reusable scratch memory.
 #include <pybind11/pybind11.h>
 
 #include <cmath>
@@ -14,15 +16,22 @@
 #endif
 
 #include "common/args.h"
+#include "common/bindings.h"
 #include "cpu/ops.h"
 
 namespace py = pybind11;
 using solar::DType;
+using solar::H;
+using solar::Opt;
+using solar::Stream;
 using solar::TensorArg;
 
 namespace {
 
 constexpr const char* kDev = "cpu";
+
+// Rows per logits chunk of the losses (0: the heuristic of loss.cpp, about 4 MiB of logits).
+std::int64_t g_chunk_rows = 0;
 
 TensorArg arg(const char* name, py::handle h, int ndim) {
   return solar::parse_tensor(name, h, kDev, ndim);
@@ -48,12 +57,21 @@ solar::cpu::Mat mat(const TensorArg& t) {
   return m;
 }
 
-// An output or input with exactly the shape and dtype of `like`.
+// An input with exactly the shape and dtype of `ref`.
 TensorArg like(const char* name, py::handle h, const TensorArg& ref) {
   TensorArg t = arg(name, h, ref.ndim);
   solar::expect_same_dtype(t, ref);
   for (int d = 0; d < ref.ndim; ++d) solar::expect_size(t, d, ref.shape[d], ref.name + "'s shape");
   return t;
+}
+
+// A gradient output: float32, contiguous, the shape of `ref`.
+solar::cpu::Mat grad_of(const char* name, py::handle h, const TensorArg& ref) {
+  TensorArg t = arg(name, h, ref.ndim);
+  solar::expect_dtype(t, {DType::F32});
+  for (int d = 0; d < ref.ndim; ++d) solar::expect_size(t, d, ref.shape[d], ref.name + "'s shape");
+  solar::expect_contiguous(t);
+  return mat(t);
 }
 
 // A contiguous fp32 vector of n values (n = -1: a 0-dim scalar).
@@ -65,17 +83,24 @@ float* f32_out(const char* name, py::handle h, std::int64_t n, const std::string
   return t.data<float>();
 }
 
+// The value of a finite 0-dim fp32 scalar (None: `none`).
+float scalar(const char* name, py::handle h, float none = 0.f) {
+  if (h.is_none()) return none;
+  const float v = *f32_out(name, h, -1, "");
+  if (!std::isfinite(v)) solar::value_error(name, "must be finite");
+  return v;
+}
+
 void check_eps(float eps) {
   if (!(eps >= 0.f) || !std::isfinite(eps)) solar::value_error("eps", "must be finite and >= 0");
 }
 
-void check_scale(float scale) {
-  if (!std::isfinite(scale)) solar::value_error("scale", "must be finite");
+void check_stream(Stream stream) {
+  if (stream != 0) solar::value_error("stream", "must be 0 for the CPU module");
 }
 
-std::int64_t check_chunk(std::int64_t chunk_rows) {
-  if (chunk_rows < 0) solar::value_error("chunk_rows", "must be >= 0 (0 picks the heuristic)");
-  return chunk_rows;
+void check_workspace(py::handle h, std::int64_t n) {
+  f32_out("workspace", h, n, "the workspace size this module reports");
 }
 
 // ----------------------------------------------------------------------------- masked pooling
@@ -84,8 +109,7 @@ struct PoolIn {
   solar::cpu::PoolArgs a;
 };
 
-PoolIn pool_inputs(py::handle x_, py::handle w_, py::handle y_, py::handle stats_, bool normalize,
-                   float eps) {
+PoolIn pool_inputs(H x_, H w_, H y_, H stats_, bool normalize, float eps) {
   PoolIn in{arg("x", x_, 3), arg("w", w_, 2), {}};
   const TensorArg& x = in.x;
   solar::expect_dtype(x, {DType::F32, DType::BF16});
@@ -118,15 +142,15 @@ PoolIn pool_inputs(py::handle x_, py::handle w_, py::handle y_, py::handle stats
   return in;
 }
 
-void masked_pool_fwd(py::handle x, py::handle w, py::handle y, py::handle stats, bool normalize,
-                     float eps) {
+void masked_pool_fwd(H x, H w, H y, H stats, bool normalize, float eps, Stream stream) {
   PoolIn in = pool_inputs(x, w, y, stats, normalize, eps);
+  check_stream(stream);
   py::gil_scoped_release nogil;
   solar::cpu::masked_pool_forward(in.a);
 }
 
-void masked_pool_bwd(py::handle dy_, py::handle x_, py::handle w_, py::handle y_,
-                     py::handle stats_, py::handle dx_, py::object dw_, bool normalize, float eps) {
+void masked_pool_bwd(H dy_, H x_, H w_, H y_, H stats_, H dx_, Opt dw_, bool normalize,
+                     float eps, Stream stream) {
   PoolIn in = pool_inputs(x_, w_, y_, stats_, normalize, eps);
   auto& a = in.a;
   TensorArg dy = arg("dy", dy_, 2);
@@ -144,6 +168,7 @@ void masked_pool_bwd(py::handle dy_, py::handle x_, py::handle w_, py::handle y_
     solar::expect_contiguous(dw);
     a.dw = dw.data<float>();
   }
+  check_stream(stream);
   py::gil_scoped_release nogil;
   solar::cpu::masked_pool_backward(a);
 }
@@ -155,7 +180,7 @@ struct PairIn {
   bool has_neg = false;
 };
 
-PairIn pair(py::handle a_, py::handle b_, py::object neg_) {
+PairIn pair(H a_, H b_, Opt neg_) {
   PairIn in{embeddings("a", a_), {}, {}, false};
   solar::expect_nonempty(in.a);
   in.b = like("b", b_, in.a);
@@ -171,55 +196,61 @@ PairIn pair(py::handle a_, py::handle b_, py::object neg_) {
   return in;
 }
 
-solar::cpu::LossOptions options(float scale, float bias, bool symmetric, std::int64_t chunk) {
-  check_scale(scale);
-  if (!std::isfinite(bias)) solar::value_error("bias", "must be finite");
+solar::cpu::LossOptions options(H scale, Opt bias, bool symmetric) {
   solar::cpu::LossOptions o;
-  o.scale = scale; o.bias = bias; o.symmetric = symmetric; o.chunk_rows = check_chunk(chunk);
+  o.scale = scalar("scale", scale);
+  o.bias = scalar("bias", bias);
+  o.symmetric = symmetric;
+  o.chunk_rows = g_chunk_rows;
   return o;
 }
 
-void contrastive_fwd(py::handle a_, py::handle b_, py::object neg_, py::handle loss_,
-                     py::handle lse_row_, py::handle lse_col_, float scale, float bias,
-                     bool symmetric, std::int64_t chunk_rows) {
+float* lse_col_of(H lse_col_, std::int64_t B, bool symmetric) {
+  return f32_out("lse_col", lse_col_, symmetric ? B : 0,
+                 symmetric ? "a's batch (symmetric)" : "0 (not symmetric)");
+}
+
+void contrastive_fwd(H a_, H b_, Opt neg_, H scale, Opt bias, H loss_, H lse_row_, H lse_col_,
+                     H workspace, bool symmetric, Stream stream) {
   PairIn in = pair(a_, b_, neg_);
   const std::int64_t B = in.a.shape[0];
+  auto o = options(scale, bias, symmetric);
   float* loss = f32_out("loss", loss_, -1, "");
   float* lse_row = f32_out("lse_row", lse_row_, B, "a's batch");
-  float* lse_col = f32_out("lse_col", lse_col_, symmetric ? B : 0,
-                           symmetric ? "a's batch (symmetric)" : "0 (not symmetric)");
-  auto o = options(scale, bias, symmetric, chunk_rows);
+  float* lse_col = lse_col_of(lse_col_, B, symmetric);
+  check_workspace(workspace, 0);
+  check_stream(stream);
   py::gil_scoped_release nogil;
   *loss = static_cast<float>(
       solar::cpu::contrastive_forward(mat(in.a), mat(in.b), in.neg, o, lse_row, lse_col));
 }
 
-void contrastive_bwd(py::handle a_, py::handle b_, py::object neg_, py::handle lse_row_,
-                     py::handle lse_col_, py::handle da_, py::handle db_, py::object dneg_,
-                     py::handle dscale_, py::handle dbias_, float dloss, float scale, float bias,
-                     bool symmetric, std::int64_t chunk_rows) {
+void contrastive_bwd(H a_, H b_, Opt neg_, H scale, Opt bias, H dloss_, H lse_row_, H lse_col_,
+                     H da_, H db_, Opt dneg_, H dscale_, H dbias_, bool symmetric,
+                     Stream stream) {
   PairIn in = pair(a_, b_, neg_);
   const std::int64_t B = in.a.shape[0];
+  auto o = options(scale, bias, symmetric);
+  const float dloss = scalar("dloss", dloss_);
   f32_out("lse_row", lse_row_, B, "a's batch");  // checked; rows are recomputed per chunk
-  float* lse_col = f32_out("lse_col", lse_col_, symmetric ? B : 0,
-                           symmetric ? "a's batch (symmetric)" : "0 (not symmetric)");
-  TensorArg da = like("da", da_, in.a), db = like("db", db_, in.b);
+  float* lse_col = lse_col_of(lse_col_, B, symmetric);
+  solar::cpu::Mat da = grad_of("da", da_, in.a), db = grad_of("db", db_, in.b);
   solar::cpu::Mat dneg = in.neg;
   if (in.has_neg) {
     if (dneg_.is_none()) solar::value_error("dneg", "required when neg is given");
     TensorArg n = arg("dneg", dneg_, 2);
-    solar::expect_same_dtype(n, in.a);
+    solar::expect_dtype(n, {DType::F32});
     solar::expect_size(n, 0, in.neg.rows, "neg's rows");
     solar::expect_size(n, 1, in.neg.cols, "neg's feature size");
+    solar::expect_contiguous(n);
     dneg = mat(n);
   }
   float* dscale = f32_out("dscale", dscale_, -1, "");
   float* dbias = f32_out("dbias", dbias_, -1, "");
-  if (!std::isfinite(dloss)) solar::value_error("dloss", "must be finite");
-  auto o = options(scale, bias, symmetric, chunk_rows);
+  check_stream(stream);
   py::gil_scoped_release nogil;
-  solar::cpu::contrastive_backward(mat(in.a), mat(in.b), in.neg, o, dloss, lse_col,
-                                   mat(da), mat(db), dneg, dscale, dbias);
+  solar::cpu::contrastive_backward(mat(in.a), mat(in.b), in.neg, o, dloss, lse_col, da, db, dneg,
+                                   dscale, dbias);
 }
 
 // ----------------------------------------------------------------------------- GCL
@@ -227,7 +258,7 @@ struct TripleIn {
   TensorArg ei, et, ef;
 };
 
-TripleIn triple(py::handle ei_, py::handle et_, py::handle ef_) {
+TripleIn triple(H ei_, H et_, H ef_) {
   TripleIn in{embeddings("ei", ei_), {}, {}};
   solar::expect_nonempty(in.ei);
   in.et = like("et", et_, in.ei);
@@ -235,29 +266,30 @@ TripleIn triple(py::handle ei_, py::handle et_, py::handle ef_) {
   return in;
 }
 
-void gcl_fwd(py::handle ei_, py::handle et_, py::handle ef_, py::handle loss_, py::handle lse_,
-             float scale, std::int64_t chunk_rows) {
+void gcl_fwd(H ei_, H et_, H ef_, H scale, H loss_, H lse_, H workspace, Stream stream) {
   TripleIn in = triple(ei_, et_, ef_);
+  auto o = options(scale, py::none(), false);
   float* loss = f32_out("loss", loss_, -1, "");
   float* lse = f32_out("lse", lse_, 3 * in.ei.shape[0], "3 x batch");
-  auto o = options(scale, 0.f, false, chunk_rows);
+  check_workspace(workspace, 0);
+  check_stream(stream);
   py::gil_scoped_release nogil;
   *loss = static_cast<float>(solar::cpu::gcl_forward(mat(in.ei), mat(in.et), mat(in.ef), o, lse));
 }
 
-void gcl_bwd(py::handle ei_, py::handle et_, py::handle ef_, py::handle lse_, py::handle dei_,
-             py::handle det_, py::handle def_, py::handle dscale_, float dloss, float scale,
-             std::int64_t chunk_rows) {
+void gcl_bwd(H ei_, H et_, H ef_, H scale, H dloss_, H lse_, H dei_, H det_, H def_, H dscale_,
+             Stream stream) {
   TripleIn in = triple(ei_, et_, ef_);
+  auto o = options(scale, py::none(), false);
+  const float dloss = scalar("dloss", dloss_);
   float* lse = f32_out("lse", lse_, 3 * in.ei.shape[0], "3 x batch");
-  TensorArg dei = like("dei", dei_, in.ei), det = like("det", det_, in.ei);
-  TensorArg def = like("def", def_, in.ei);
+  solar::cpu::Mat dei = grad_of("dei", dei_, in.ei), det = grad_of("det", det_, in.ei);
+  solar::cpu::Mat def = grad_of("def", def_, in.ei);
   float* dscale = f32_out("dscale", dscale_, -1, "");
-  if (!std::isfinite(dloss)) solar::value_error("dloss", "must be finite");
-  auto o = options(scale, 0.f, false, chunk_rows);
+  check_stream(stream);
   py::gil_scoped_release nogil;
-  solar::cpu::gcl_backward(mat(in.ei), mat(in.et), mat(in.ef), o, dloss, lse, mat(dei), mat(det),
-                           mat(def), dscale);
+  solar::cpu::gcl_backward(mat(in.ei), mat(in.et), mat(in.ef), o, dloss, lse, dei, det, def,
+                           dscale);
 }
 
 // ----------------------------------------------------------------------------- multi-positive
@@ -267,7 +299,7 @@ struct MpiIn {
   const std::uint8_t* valid = nullptr;
 };
 
-MpiIn mpi_inputs(py::handle anchors_, py::handle cand_, py::handle pos_, py::handle valid_) {
+MpiIn mpi_inputs(H anchors_, H cand_, H pos_, H valid_) {
   MpiIn in{embeddings("anchors", anchors_), embeddings("cand", cand_)};
   solar::expect_nonempty(in.anchors);
   solar::expect_nonempty(in.cand);
@@ -276,7 +308,7 @@ MpiIn mpi_inputs(py::handle anchors_, py::handle cand_, py::handle pos_, py::han
   const std::int64_t B = in.anchors.shape[0], N = in.cand.shape[0];
   const std::uint8_t* ptrs[2];
   const char* names[2] = {"pos", "valid"};
-  py::handle hs[2] = {pos_, valid_};
+  H hs[2] = {pos_, valid_};
   for (int k = 0; k < 2; ++k) {
     TensorArg m = arg(names[k], hs[k], 2);
     solar::expect_dtype(m, {DType::Bool, DType::U8});
@@ -290,36 +322,41 @@ MpiIn mpi_inputs(py::handle anchors_, py::handle cand_, py::handle pos_, py::han
   return in;
 }
 
-void mpi_fwd(py::handle anchors_, py::handle cand_, py::handle pos_, py::handle valid_,
-             py::handle loss_, py::handle lse_all_, py::handle lse_pos_, float scale,
-             std::int64_t chunk_rows) {
+void mpi_fwd(H anchors_, H cand_, H pos_, H valid_, H scale, H loss_, H lse_all_, H lse_pos_,
+             Stream stream) {
   MpiIn in = mpi_inputs(anchors_, cand_, pos_, valid_);
   const std::int64_t B = in.anchors.shape[0];
+  auto o = options(scale, py::none(), false);
   float* loss = f32_out("loss", loss_, -1, "");
   float* lse_all = f32_out("lse_all", lse_all_, B, "anchors' rows");
   float* lse_pos = f32_out("lse_pos", lse_pos_, B, "anchors' rows");
-  auto o = options(scale, 0.f, false, chunk_rows);
+  check_stream(stream);
   py::gil_scoped_release nogil;
   *loss = static_cast<float>(solar::cpu::mpi_forward(mat(in.anchors), mat(in.cand), in.pos,
                                                      in.valid, in.cand.shape[0], o, lse_all,
                                                      lse_pos));
 }
 
-void mpi_bwd(py::handle anchors_, py::handle cand_, py::handle pos_, py::handle valid_,
-             py::handle lse_all_, py::handle lse_pos_, py::handle danchors_, py::handle dcand_,
-             py::handle dscale_, float dloss, float scale, std::int64_t chunk_rows) {
+void mpi_bwd(H anchors_, H cand_, H pos_, H valid_, H scale, H dloss_, H lse_all_, H lse_pos_,
+             H danchors_, H dcand_, H dscale_, Stream stream) {
   MpiIn in = mpi_inputs(anchors_, cand_, pos_, valid_);
   const std::int64_t B = in.anchors.shape[0];
+  auto o = options(scale, py::none(), false);
+  const float dloss = scalar("dloss", dloss_);
   f32_out("lse_all", lse_all_, B, "anchors' rows");  // checked; recomputed per chunk
   f32_out("lse_pos", lse_pos_, B, "anchors' rows");
-  TensorArg da = like("danchors", danchors_, in.anchors), dc = like("dcand", dcand_, in.cand);
+  solar::cpu::Mat da = grad_of("danchors", danchors_, in.anchors);
+  solar::cpu::Mat dc = grad_of("dcand", dcand_, in.cand);
   float* dscale = f32_out("dscale", dscale_, -1, "");
-  if (!std::isfinite(dloss)) solar::value_error("dloss", "must be finite");
-  auto o = options(scale, 0.f, false, chunk_rows);
+  check_stream(stream);
   py::gil_scoped_release nogil;
   solar::cpu::mpi_backward(mat(in.anchors), mat(in.cand), in.pos, in.valid, in.cand.shape[0], o,
-                           dloss, mat(da), mat(dc), dscale);
+                           dloss, da, dc, dscale);
 }
+
+// The CPU keeps its own scratch (reused across calls), so the forwards need no workspace.
+std::int64_t contrastive_workspace(std::int64_t, bool) { return 0; }
+std::int64_t gcl_workspace(std::int64_t) { return 0; }
 
 // ----------------------------------------------------------------------------- module facts
 py::dict build_info() {
@@ -345,6 +382,11 @@ std::string select_isa(const std::string& name) {
   return solar::cpu::kernels().isa;
 }
 
+void set_chunk_rows(std::int64_t chunk_rows) {
+  if (chunk_rows < 0) solar::value_error("chunk_rows", "must be >= 0 (0 picks the heuristic)");
+  g_chunk_rows = chunk_rows;
+}
+
 void set_num_threads(int n) {
   if (n < 0) solar::value_error("n", "must be >= 0 (0: the OpenMP default)");
   solar::cpu::set_num_threads(n);
@@ -355,32 +397,16 @@ void set_num_threads(int n) {
 PYBIND11_MODULE(_csrc_cpu, m) {
   using py::arg;
   m.doc() = "solar CPU C++ kernels (tensors passed as description tuples; see solar.ops._native)";
-  m.def("build_info", &build_info, "Compile-time and run-time facts of this module.");
+  solar::def_ops(m, solar::OpTable{masked_pool_fwd, masked_pool_bwd, contrastive_fwd,
+                                   contrastive_bwd, gcl_fwd, gcl_bwd, mpi_fwd, mpi_bwd,
+                                   contrastive_workspace, gcl_workspace, build_info});
   m.def("select_isa", &select_isa, arg("name"),
         "Use one ISA build of the kernels ('auto', 'avx512', 'avx2', 'generic'); returns it.");
   m.def("set_num_threads", &set_num_threads, arg("n"), "Threads used by every kernel.");
+  m.def("set_chunk_rows", &set_chunk_rows, arg("chunk_rows"),
+        "Rows per logits chunk of the losses (0: about 4 MiB of logits per chunk).");
   m.def("workspace_bytes", &solar::cpu::workspace_bytes,
         "Bytes of loss scratch memory held for reuse by the calling thread (at most 256 MiB).");
   m.def("release_workspace", &solar::cpu::release_workspace,
         "Free the loss scratch memory held for reuse by the calling thread.");
-  m.def("masked_pool_fwd", &masked_pool_fwd, arg("x"), arg("w"), arg("y"), arg("stats"),
-        arg("normalize"), arg("eps"));
-  m.def("masked_pool_bwd", &masked_pool_bwd, arg("dy"), arg("x"), arg("w"), arg("y"),
-        arg("stats"), arg("dx"), arg("dw").none(true), arg("normalize"), arg("eps"));
-  m.def("contrastive_fwd", &contrastive_fwd, arg("a"), arg("b"), arg("neg").none(true),
-        arg("loss"), arg("lse_row"), arg("lse_col"), arg("scale"), arg("bias"), arg("symmetric"),
-        arg("chunk_rows") = 0);
-  m.def("contrastive_bwd", &contrastive_bwd, arg("a"), arg("b"), arg("neg").none(true),
-        arg("lse_row"), arg("lse_col"), arg("da"), arg("db"), arg("dneg").none(true),
-        arg("dscale"), arg("dbias"), arg("dloss"), arg("scale"), arg("bias"), arg("symmetric"),
-        arg("chunk_rows") = 0);
-  m.def("gcl_fwd", &gcl_fwd, arg("ei"), arg("et"), arg("ef"), arg("loss"), arg("lse"),
-        arg("scale"), arg("chunk_rows") = 0);
-  m.def("gcl_bwd", &gcl_bwd, arg("ei"), arg("et"), arg("ef"), arg("lse"), arg("dei"), arg("det"),
-        arg("def"), arg("dscale"), arg("dloss"), arg("scale"), arg("chunk_rows") = 0);
-  m.def("mpi_fwd", &mpi_fwd, arg("anchors"), arg("cand"), arg("pos"), arg("valid"), arg("loss"),
-        arg("lse_all"), arg("lse_pos"), arg("scale"), arg("chunk_rows") = 0);
-  m.def("mpi_bwd", &mpi_bwd, arg("anchors"), arg("cand"), arg("pos"), arg("valid"),
-        arg("lse_all"), arg("lse_pos"), arg("danchors"), arg("dcand"), arg("dscale"),
-        arg("dloss"), arg("scale"), arg("chunk_rows") = 0);
 }

@@ -38,7 +38,9 @@ struct OutRows {
 constexpr int kLossTile = 64;
 
 // Contrastive: A = a (M = B rows), C = [b; neg] (N = B + K columns).
-// GCL: A = C = [ei; et; ef] (M = N = 3B).  scale, bias (nullable) and dloss are device scalars.
+// GCL: A = C = [ei; et; ef] (M = N = 3B).
+// Multi-positive: A = anchors (M = B rows), C = cand (N columns), pos/valid (M, N) byte masks.
+// scale, bias (nullable) and dloss are device scalars.
 struct LossParams {
   int type = kF32;
   std::int64_t D = 0, M = 0, N = 0, B = 0;
@@ -52,10 +54,16 @@ struct LossParams {
   float* loss = nullptr;
   float* lse_row = nullptr;  // M
   float* lse_col = nullptr;  // B (contrastive, symmetric)
+  float* lse_pos = nullptr;  // M (multi-positive: log-sum-exp over the positives)
   float* workspace = nullptr;
+  // multi-positive masks (bool/uint8), row i at pos + i * ldm
+  const std::uint8_t* pos = nullptr;
+  const std::uint8_t* valid = nullptr;
+  std::int64_t ldm = 0;
   // backward outputs: fp32 accumulators, zeroed by the caller
-  OutRows dA, dC;            // GCL: dA only (3B rows)
-  float* grads = nullptr;    // [dscale, dbias]
+  OutRows dA, dC;            // GCL: dA only ([dei; det; def], 3B rows)
+  float* dscale = nullptr;
+  float* dbias = nullptr;    // contrastive only
 };
 
 // Workspace (fp32 values) the forward needs.
@@ -66,6 +74,8 @@ cudaError_t contrastive_forward(const LossParams& p, cudaStream_t stream);
 cudaError_t contrastive_backward(const LossParams& p, cudaStream_t stream);
 cudaError_t gcl_forward(const LossParams& p, cudaStream_t stream);
 cudaError_t gcl_backward(const LossParams& p, cudaStream_t stream);
+cudaError_t mpi_forward(const LossParams& p, cudaStream_t stream);
+cudaError_t mpi_backward(const LossParams& p, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace solar

@@ -17,16 +17,6 @@ namespace solar {
 namespace cuda {
 namespace {
 
-constexpr float kNegInf = -INFINITY;
-
-// Merges the (max, sum) pair (tm, ts) into (m, s).
-__device__ __forceinline__ void merge(float& m, float& s, float tm, float ts) {
-  const float nm = fmaxf(m, tm);
-  if (nm == kNegInf) return;
-  s = s * __expf(m - nm) + ts * __expf(tm - nm);
-  m = nm;
-}
-
 // Workspace: picked logits [B] (GCL: [3B]), then for the symmetric contrastive loss the column
 // partials [row blocks][B] as (max, sum) pairs from an even offset (float2 alignment).
 __host__ __device__ __forceinline__ std::int64_t partials_offset(std::int64_t B) { return (B + 1) & ~std::int64_t(1); }
@@ -158,7 +148,7 @@ __device__ __forceinline__ float direction_weight(const LossParams& P, bool gcl)
   return gcl ? *P.dloss / (6.f * P.B) : *P.dloss / P.B * (P.symmetric ? 0.5f : 1.f);
 }
 
-// dA[rows of this CTA] += w * scale * G C; grads += (w * sum G*S, w * sum G).
+// dA[rows of this CTA] += w * scale * G C; dscale += w * sum G*S, dbias += w * sum G.
 template <typename T, bool GCL>
 __global__ void __launch_bounds__(NT) bwd_rows_kernel(LossParams P) {
   __shared__ Smem<T> sm;
@@ -175,8 +165,8 @@ __global__ void __launch_bounds__(NT) bwd_rows_kernel(LossParams P) {
   gs = block_sum(gs, scratch);
   gsum = block_sum(gsum, scratch);
   if (threadIdx.x == 0) {
-    atomicAdd(P.grads, w * gs);
-    if (!GCL) atomicAdd(P.grads + 1, w * gsum);
+    atomicAdd(P.dscale, w * gs);
+    if (!GCL) atomicAdd(P.dbias, w * gsum);
   }
 }
 
@@ -194,8 +184,6 @@ __global__ void __launch_bounds__(NT) bwd_cols_kernel(LossParams P) {
     tile_product<T, true>(sm, P, P.A, i0, P.dC, j0, P.N, w * scale);
   }
 }
-
-unsigned blocks(std::int64_t n, std::int64_t per) { return static_cast<unsigned>((n + per - 1) / per); }
 
 template <typename T>
 cudaError_t cl_forward(const LossParams& P, cudaStream_t st) {
@@ -224,13 +212,6 @@ cudaError_t g_backward(const LossParams& P, cudaStream_t st) {
   bwd_rows_kernel<T, true><<<blocks(P.M, BM), NT, 0, st>>>(P);
   return cudaGetLastError();
 }
-
-#define SOLAR_DISPATCH(fn, P, st)                               \
-  switch ((P).type) {                                           \
-    case kBF16: return fn<__nv_bfloat16>((P), (st));            \
-    case kF16: return fn<__half>((P), (st));                    \
-    default: return fn<float>((P), (st));                       \
-  }
 
 }  // namespace
 

@@ -11,6 +11,8 @@
 
 #include <mma.h>
 
+#include <cmath>
+
 #include <type_traits>
 
 #include "common.cuh"
@@ -20,6 +22,27 @@ namespace solar {
 namespace cuda {
 
 constexpr int BM = kLossTile, BN = kLossTile, BD = 64, BK = 32, NT = 128;
+
+constexpr float kNegInf = -INFINITY;
+
+// Merges the (max, sum) pair (tm, ts) into (m, s).
+__device__ __forceinline__ void merge(float& m, float& s, float tm, float ts) {
+  const float nm = fmaxf(m, tm);
+  if (nm == kNegInf) return;
+  s = s * __expf(m - nm) + ts * __expf(tm - nm);
+  m = nm;
+}
+
+inline unsigned blocks(std::int64_t n, std::int64_t per) {
+  return static_cast<unsigned>((n + per - 1) / per);
+}
+
+#define SOLAR_DISPATCH(fn, P, st)                               \
+  switch ((P).type) {                                           \
+    case kBF16: return fn<__nv_bfloat16>((P), (st));            \
+    case kF16: return fn<__half>((P), (st));                    \
+    default: return fn<float>((P), (st));                       \
+  }
 
 template <typename T>
 constexpr bool kTensorCores = !std::is_same<T, float>::value;

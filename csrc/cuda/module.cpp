@@ -1,8 +1,9 @@
 // pybind11 entry point of solar._csrc_cuda (CUDA C++ kernels).
 //
-// Tensors arrive as description tuples (csrc/common/args.h) on one CUDA device; scale, bias and
-// the incoming gradient stay on the device (no host synchronization).  Every argument is checked
-// before anything is launched on the caller's stream (passed as an int, e.g.
+// The binding signature is the one of common/bindings.h, shared with the CPU module.  Tensors
+// arrive as description tuples (common/args.h) on one CUDA device; scale, bias and the incoming
+// gradient stay on the device (no host synchronization).  Every argument is checked before
+// anything is launched on the caller's stream (passed as an int, e.g.
 // torch.cuda.current_stream().cuda_stream).  The module links the CUDA runtime statically and
 // needs only the driver at run time.
 #include <cuda_runtime.h>
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "common/args.h"
+#include "common/bindings.h"
 #include "cuda/launch.h"
 
 namespace py = pybind11;
@@ -208,8 +210,8 @@ void contrastive_fwd(py::handle a, py::handle b, py::object neg, py::handle scal
 
 void contrastive_bwd(py::handle a, py::handle b, py::object neg, py::handle scale, py::object bias,
                      py::handle dloss, py::handle lse_row, py::handle lse_col, py::handle da,
-                     py::handle db, py::object dneg, py::handle grads, bool symmetric,
-                     std::uintptr_t stream) {
+                     py::handle db, py::object dneg, py::handle dscale, py::handle dbias,
+                     bool symmetric, std::uintptr_t stream) {
   ContrastiveIn in = contrastive_inputs(a, b, neg, scale, bias, symmetric);
   auto& P = in.P;
   P.dloss = f32("dloss", dloss, in.a, -1);
@@ -221,7 +223,8 @@ void contrastive_bwd(py::handle a, py::handle b, py::object neg, py::handle scal
     if (dneg.is_none()) solar::value_error("dneg", "required when neg is given");
     P.dC.p[1] = f32("dneg", dneg, in.a, P.C.n[1], P.D); P.dC.n[1] = P.C.n[1];
   }
-  P.grads = f32("grads", grads, in.a, 2);
+  P.dscale = f32("dscale", dscale, in.a, -1);
+  P.dbias = f32("dbias", dbias, in.a, -1);
   DeviceGuard g(in.a.device_index);
   DeviceGuard::check(sc::contrastive_backward(P, stream_of(stream)), "contrastive_bwd launch");
 }
@@ -266,15 +269,88 @@ void gcl_fwd(py::handle ei, py::handle et, py::handle ef, py::handle scale, py::
 }
 
 void gcl_bwd(py::handle ei, py::handle et, py::handle ef, py::handle scale, py::handle dloss,
-             py::handle lse, py::handle de, py::handle grads, std::uintptr_t stream) {
+             py::handle lse, py::handle dei, py::handle det, py::handle def, py::handle dscale,
+             std::uintptr_t stream) {
   GclIn in = gcl_inputs(ei, et, ef, scale);
   auto& P = in.P;
   P.dloss = f32("dloss", dloss, in.ei, -1);
   P.lse_row = f32("lse", lse, in.ei, P.M);
-  P.dA.p[0] = f32("de", de, in.ei, P.M, P.D); P.dA.n[0] = P.M;
-  P.grads = f32("grads", grads, in.ei, 2);
+  const char* names[3] = {"dei", "det", "def"};
+  py::handle outs[3] = {dei, det, def};
+  for (int k = 0; k < 3; ++k) {  // dA = [dei; det; def], the 3B rows of E
+    P.dA.p[k] = f32(names[k], outs[k], in.ei, P.B, P.D);
+    P.dA.n[k] = P.B;
+  }
+  P.dscale = f32("dscale", dscale, in.ei, -1);
   DeviceGuard g(in.ei.device_index);
   DeviceGuard::check(sc::gcl_backward(P, stream_of(stream)), "gcl_bwd launch");
+}
+
+// ----------------------------------------------------------------------------- multi-positive
+struct MpiIn {
+  TensorArg anchors;
+  sc::LossParams P;
+};
+
+MpiIn mpi_inputs(py::handle anchors_, py::handle cand_, py::handle pos_, py::handle valid_,
+                 py::handle scale) {
+  MpiIn in{embeddings("anchors", anchors_, nullptr), {}};
+  solar::expect_nonempty(in.anchors);
+  TensorArg cand = embeddings("cand", cand_, &in.anchors);
+  solar::expect_nonempty(cand);
+  auto& P = in.P;
+  P.type = elem_type(in.anchors);
+  P.D = in.anchors.shape[1];
+  P.B = P.M = in.anchors.shape[0];
+  P.N = cand.shape[0];
+  P.A.p[0] = reinterpret_cast<const void*>(in.anchors.ptr); P.A.n[0] = P.M;
+  P.C.p[0] = reinterpret_cast<const void*>(cand.ptr); P.C.n[0] = P.N;
+  const char* names[2] = {"pos", "valid"};
+  py::handle hs[2] = {pos_, valid_};
+  const std::uint8_t* ptrs[2];
+  for (int k = 0; k < 2; ++k) {
+    TensorArg m = arg(names[k], hs[k], 2);
+    solar::expect_dtype(m, {DType::Bool, DType::U8});
+    solar::expect_same_device(m, in.anchors);
+    solar::expect_size(m, 0, P.M, "anchors' rows");
+    solar::expect_size(m, 1, P.N, "cand's rows");
+    solar::expect_contiguous(m);
+    ptrs[k] = m.data<const std::uint8_t>();
+  }
+  P.pos = ptrs[0];
+  P.valid = ptrs[1];
+  P.ldm = P.N;
+  P.symmetric = false;
+  P.vec = rows_vec(P.A, P.D, P.type) && rows_vec(P.C, P.D, P.type);
+  set_scalars(P, in.anchors, scale, py::none());
+  return in;
+}
+
+void mpi_fwd(py::handle anchors, py::handle cand, py::handle pos, py::handle valid,
+             py::handle scale, py::handle loss, py::handle lse_all, py::handle lse_pos,
+             std::uintptr_t stream) {
+  MpiIn in = mpi_inputs(anchors, cand, pos, valid, scale);
+  auto& P = in.P;
+  P.loss = f32("loss", loss, in.anchors, -1);
+  P.lse_row = f32("lse_all", lse_all, in.anchors, P.M);
+  P.lse_pos = f32("lse_pos", lse_pos, in.anchors, P.M);
+  DeviceGuard g(in.anchors.device_index);
+  DeviceGuard::check(sc::mpi_forward(P, stream_of(stream)), "mpi_fwd launch");
+}
+
+void mpi_bwd(py::handle anchors, py::handle cand, py::handle pos, py::handle valid,
+             py::handle scale, py::handle dloss, py::handle lse_all, py::handle lse_pos,
+             py::handle danchors, py::handle dcand, py::handle dscale, std::uintptr_t stream) {
+  MpiIn in = mpi_inputs(anchors, cand, pos, valid, scale);
+  auto& P = in.P;
+  P.dloss = f32("dloss", dloss, in.anchors, -1);
+  P.lse_row = f32("lse_all", lse_all, in.anchors, P.M);
+  P.lse_pos = f32("lse_pos", lse_pos, in.anchors, P.M);
+  P.dA.p[0] = f32("danchors", danchors, in.anchors, P.M, P.D); P.dA.n[0] = P.M;
+  P.dC.p[0] = f32("dcand", dcand, in.anchors, P.N, P.D); P.dC.n[0] = P.N;
+  P.dscale = f32("dscale", dscale, in.anchors, -1);
+  DeviceGuard g(in.anchors.device_index);
+  DeviceGuard::check(sc::mpi_backward(P, stream_of(stream)), "mpi_bwd launch");
 }
 
 // ----------------------------------------------------------------------------- module facts
@@ -295,25 +371,8 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_csrc_cuda, m) {
-  using py::arg;
   m.doc() = "solar CUDA C++ kernels (tensors passed as description tuples; see solar.ops._native)";
-  m.def("build_info", &build_info, "CUDA runtime/driver versions, visible devices, compiled archs.");
-  m.def("contrastive_workspace", &sc::contrastive_workspace, arg("batch"), arg("symmetric"),
-        "fp32 values of workspace contrastive_fwd needs.");
-  m.def("gcl_workspace", &sc::gcl_workspace, arg("batch"), "fp32 values of workspace gcl_fwd needs.");
-  m.def("masked_pool_fwd", &masked_pool_fwd, arg("x"), arg("w"), arg("y"), arg("stats"),
-        arg("normalize"), arg("eps"), arg("stream"));
-  m.def("masked_pool_bwd", &masked_pool_bwd, arg("dy"), arg("x"), arg("w"), arg("y"), arg("stats"),
-        arg("dx"), arg("dw").none(true), arg("normalize"), arg("eps"), arg("stream"));
-  m.def("contrastive_fwd", &contrastive_fwd, arg("a"), arg("b"), arg("neg").none(true),
-        arg("scale"), arg("bias").none(true), arg("loss"), arg("lse_row"), arg("lse_col"),
-        arg("workspace"), arg("symmetric"), arg("stream"));
-  m.def("contrastive_bwd", &contrastive_bwd, arg("a"), arg("b"), arg("neg").none(true),
-        arg("scale"), arg("bias").none(true), arg("dloss"), arg("lse_row"), arg("lse_col"),
-        arg("da"), arg("db"), arg("dneg").none(true), arg("grads"), arg("symmetric"),
-        arg("stream"));
-  m.def("gcl_fwd", &gcl_fwd, arg("ei"), arg("et"), arg("ef"), arg("scale"), arg("loss"),
-        arg("lse"), arg("workspace"), arg("stream"));
-  m.def("gcl_bwd", &gcl_bwd, arg("ei"), arg("et"), arg("ef"), arg("scale"), arg("dloss"),
-        arg("lse"), arg("de"), arg("grads"), arg("stream"));
+  solar::def_ops(m, solar::OpTable{masked_pool_fwd, masked_pool_bwd, contrastive_fwd,
+                                   contrastive_bwd, gcl_fwd, gcl_bwd, mpi_fwd, mpi_bwd,
+                                   sc::contrastive_workspace, sc::gcl_workspace, build_info});
 }

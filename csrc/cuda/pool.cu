@@ -4,8 +4,8 @@
 // each lane owns VEC consecutive features (one 16-byte load: 8 bf16/fp16 or 4 fp32), so a warp
 // reads 512 contiguous bytes per token; accumulation is fp32.  Tokens with weight 0 are never
 // read (hard masks skip padding).  The pooled row is staged in shared memory (D floats) for the
-// norm.  performance.md 5.3: bandwidth-bound; fwd reads X once, bwd writes dX and re-reads X only
-// when dw is needed.
+// norm.  Bandwidth-bound (2 B L D FLOPs against B L D elements of X): fwd reads X once, bwd writes
+// dX and re-reads X only when dw is needed.
 #include "common.cuh"
 #include "launch.h"
 

@@ -22,7 +22,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import supports
 from ._tiled import Tiles, copy_out, tiled_grad, tiled_lse
+
+__all__ = ["forward", "backward", "supports"]
 
 
 @triton.jit
@@ -36,10 +39,9 @@ def _columns(b: torch.Tensor, neg: Optional[torch.Tensor]) -> torch.Tensor:
     return b if neg is None or neg.shape[0] == 0 else torch.cat([b, neg], dim=0)
 
 
-def contrastive_forward(a, b, scale, bias=None, neg=None, symmetric=True):
+def forward(a, b, scale, bias, neg, symmetric):
     """a, b (B, D), neg (K, D) or None, fp32/bf16/fp16; scale/bias 0-dim fp32 ->
     (loss 0-dim fp32, lse_row (B,) fp32, lse_col (B,) fp32 or (0,) when not symmetric)."""
-    B = a.shape[0]
     lse_row, pos_row = tiled_lse(Tiles(a, _columns(b, neg), scale, _contrastive_masks, bias))
     loss = (lse_row - pos_row).mean()
     if not symmetric:
@@ -48,8 +50,8 @@ def contrastive_forward(a, b, scale, bias=None, neg=None, symmetric=True):
     return 0.5 * (loss + (lse_col - pos_col).mean()), lse_row, lse_col
 
 
-def contrastive_backward(dloss, a, b, scale, bias, neg, lse_row, lse_col, symmetric):
-    """-> (da, db, dscale 0-dim fp32, dbias 0-dim fp32, dneg (K, D) or (0, D))."""
+def backward(dloss, a, b, scale, bias, neg, symmetric, loss, lse_row, lse_col, needs):
+    """-> (da, db, dscale 0-dim fp32, dbias 0-dim fp32, dneg (K, D) or None)."""
     B, D = a.shape
     cols = _columns(b, neg)
     dr = torch.zeros(B, D, device=a.device, dtype=torch.float32)
@@ -58,25 +60,5 @@ def contrastive_backward(dloss, a, b, scale, bias, neg, lse_row, lse_col, symmet
     dscale, dbias = tiled_grad(Tiles(a, cols, scale, _contrastive_masks, bias), dloss, dr, dc,
                                lse_row, cr_mult=w / B, lse_c=lse_col if symmetric else None,
                                cc_mult=w / B)
-    dneg = copy_out(neg, dc[B:]) if neg is not None else a.new_empty(0, D)
-    return copy_out(a, dr), copy_out(b, dc[:B]), dscale, dbias, dneg
-
-
-class ContrastiveLossFunction(torch.autograd.Function):
-    """``ContrastiveLossFunction.apply(a, b, scale, bias, neg, symmetric) -> loss``; scale and bias
-    are 0-dim fp32 tensors (bias may be None), neg (K, D) or None."""
-
-    @staticmethod
-    def forward(ctx, a, b, scale, bias=None, neg=None, symmetric=True):
-        loss, lse_row, lse_col = contrastive_forward(a, b, scale, bias, neg, symmetric)
-        ctx.save_for_backward(a, b, scale, bias, neg, lse_row, lse_col)
-        ctx.symmetric = symmetric
-        return loss
-
-    @staticmethod
-    def backward(ctx, dloss):
-        a, b, scale, bias, neg, lse_row, lse_col = ctx.saved_tensors
-        da, db, dscale, dbias, dneg = contrastive_backward(dloss, a, b, scale, bias, neg, lse_row,
-                                                           lse_col, ctx.symmetric)
-        return (da, db, dscale.to(scale.dtype), None if bias is None else dbias.to(bias.dtype),
-                None if neg is None else dneg, None)
+    dneg = copy_out(neg, dc[B:]) if neg is not None else None
+    return dr, copy_out(b, dc[:B]), dscale, dbias, dneg

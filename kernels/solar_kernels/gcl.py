@@ -19,7 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import supports
 from ._tiled import Tiles, copy_out, tiled_grad, tiled_lse
+
+__all__ = ["forward", "backward", "supports"]
 
 
 @triton.jit
@@ -35,33 +38,17 @@ def _tiles(ei, et, ef, scale) -> Tiles:
     return Tiles(e, e, scale, _gcl_masks, group=ei.shape[0])
 
 
-def gcl_forward(ei, et, ef, scale):
+def forward(ei, et, ef, scale):
     """ei, et, ef (B, D) fp32/bf16/fp16, scale 0-dim fp32 -> (loss 0-dim fp32, lse (3B,) fp32)."""
     B = ei.shape[0]
     lse, pos_sum = tiled_lse(_tiles(ei, et, ef, scale))
     return (2.0 * lse - pos_sum).sum() / (6 * B), lse
 
 
-def gcl_backward(dloss, ei, et, ef, scale, lse):
+def backward(dloss, ei, et, ef, scale, loss, lse, needs):
     """-> (dei, det, def, dscale 0-dim fp32)."""
     B, D = ei.shape
     t = _tiles(ei, et, ef, scale)
     de = torch.zeros(3 * B, D, device=ei.device, dtype=torch.float32)
     dscale, _ = tiled_grad(t, dloss, de, de, lse, cr_mult=1.0 / (6 * B), npos=2.0)
     return copy_out(ei, de[:B]), copy_out(et, de[B:2 * B]), copy_out(ef, de[2 * B:]), dscale
-
-
-class GclLossFunction(torch.autograd.Function):
-    """``GclLossFunction.apply(e_image, e_text, e_fused, scale) -> loss``; scale 0-dim fp32."""
-
-    @staticmethod
-    def forward(ctx, ei, et, ef, scale):
-        loss, lse = gcl_forward(ei, et, ef, scale)
-        ctx.save_for_backward(ei, et, ef, scale, lse)
-        return loss
-
-    @staticmethod
-    def backward(ctx, dloss):
-        ei, et, ef, scale, lse = ctx.saved_tensors
-        dei, det, def_, dscale = gcl_backward(dloss, ei, et, ef, scale, lse)
-        return dei, det, def_, dscale.to(scale.dtype)

@@ -19,7 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import next_pow2
+from ._common import next_pow2, supports
+
+__all__ = ["forward", "backward", "supports"]
 
 
 # --------------------------------------------------------------------------- kernels
@@ -150,8 +152,8 @@ def bwd_config(L: int, D: int) -> PoolConfig:
     return PoolConfig(block_l=32, block_d=min(next_pow2(D), 256), num_warps=4)
 
 
-# --------------------------------------------------------------------------- host launchers
-def masked_pool_forward(x: torch.Tensor, w: torch.Tensor, normalize: bool, eps: float):
+# --------------------------------------------------------------------------- host functions
+def forward(x: torch.Tensor, w: torch.Tensor, normalize: bool, eps: float):
     """x (B, L, D) fp32/bf16/fp16 any strides, w (B, L) floating ->
     (y (B, D) x.dtype, stats (B, 2) fp32 = [sum_l w, ||mean|| or 0])."""
     B, L, D = x.shape
@@ -169,9 +171,10 @@ def masked_pool_forward(x: torch.Tensor, w: torch.Tensor, normalize: bool, eps: 
     return y, stats
 
 
-def masked_pool_backward(dy, x, w, y, stats, normalize: bool, eps: float, need_dw: bool):
-    """Gradients of the forward: dx (B, L, D) like x, dw (B, L) like w (or empty if not need_dw).
-    Extra memory: a (B, D) fp32 g and a (B,) fp32 ds."""
+def backward(dy, x, w, normalize: bool, eps: float, y, stats, needs):
+    """Gradients of the forward: (dx (B, L, D) like x, dw (B, L) like w or None unless
+    needs[1]).  Extra memory: a (B, D) fp32 g and a (B,) fp32 ds."""
+    need_dw = bool(needs[1])
     B, L, D = x.shape
     g = torch.empty(B, D, device=x.device, dtype=torch.float32)
     ds = torch.empty(B, device=x.device, dtype=torch.float32)
@@ -185,25 +188,5 @@ def masked_pool_backward(dy, x, w, y, stats, normalize: bool, eps: float, need_d
     c = bwd_config(L, D)
     _masked_pool_bwd_kernel[(B, triton.cdiv(L, c.block_l))](
         x, w, g, ds, dx, dw, L, D, *x.stride(), *w.stride(), *dx.stride(), *dw_strides,
-        NEED_DW=bool(need_dw), BLOCK_L=c.block_l, BLOCK_D=c.block_d, num_warps=c.num_warps)
-    return dx, dw
-
-
-class MaskedPoolFunction(torch.autograd.Function):
-    """Autograd wrapper: ``MaskedPoolFunction.apply(x, w, normalize, eps) -> y (B, D)``.
-    Saves x, w (inputs), y (B, D) and stats (B, 2) fp32 for backward."""
-
-    @staticmethod
-    def forward(ctx, x, w, normalize=True, eps=1e-12):
-        y, stats = masked_pool_forward(x, w, normalize, eps)
-        ctx.save_for_backward(x, w, y, stats)
-        ctx.args = (normalize, eps)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w, y, stats = ctx.saved_tensors
-        normalize, eps = ctx.args
-        dx, dw = masked_pool_backward(dy.contiguous(), x, w, y, stats, normalize, eps,
-                                      ctx.needs_input_grad[1])
-        return dx, (dw if ctx.needs_input_grad[1] else None), None, None
+        NEED_DW=need_dw, BLOCK_L=c.block_l, BLOCK_D=c.block_d, num_warps=c.num_warps)
+    return dx, (dw if need_dw else None)

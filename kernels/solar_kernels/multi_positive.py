@@ -18,7 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._tiled import Tiles, copy_out, tiled_grad, tiled_lse
+from ._common import supports
+from ._tiled import Tiles, tiled_grad, tiled_lse
+
+__all__ = ["forward", "backward", "supports"]
 
 
 @triton.jit
@@ -35,35 +38,18 @@ def _tiles(anchors, cand, pos, valid, scale) -> Tiles:
     return Tiles(anchors, cand, scale, _multi_positive_masks, pos=pos, valid=valid, pos_lse=True)
 
 
-def multi_positive_forward(anchors, cand, pos, valid, scale):
+def forward(anchors, cand, pos, valid, scale):
     """anchors (B, D), cand (N, D) fp32/bf16/fp16; pos, valid (B, N) bool; scale 0-dim fp32 ->
     (loss 0-dim fp32, lse_all (B,) fp32, lse_pos (B,) fp32)."""
     lse_all, lse_pos = tiled_lse(_tiles(anchors, cand, pos, valid, scale))
     return (lse_all - lse_pos).mean(), lse_all, lse_pos
 
 
-def multi_positive_backward(dloss, anchors, cand, pos, valid, scale, lse_all, lse_pos):
+def backward(dloss, anchors, cand, pos, valid, scale, loss, lse_all, lse_pos, needs):
     """-> (danchors, dcand, dscale 0-dim fp32)."""
     B, D = anchors.shape
     da = torch.zeros(B, D, device=anchors.device, dtype=torch.float32)
     dc = torch.zeros(cand.shape[0], D, device=anchors.device, dtype=torch.float32)
     dscale, _ = tiled_grad(_tiles(anchors, cand, pos, valid, scale), dloss, da, dc, lse_all,
                            cr_mult=1.0 / B, lse_p=lse_pos)
-    return copy_out(anchors, da), copy_out(cand, dc), dscale
-
-
-class MultiPositiveInfoNCEFunction(torch.autograd.Function):
-    """``MultiPositiveInfoNCEFunction.apply(anchors, cand, pos, valid, scale) -> loss``."""
-
-    @staticmethod
-    def forward(ctx, anchors, cand, pos, valid, scale):
-        loss, lse_all, lse_pos = multi_positive_forward(anchors, cand, pos, valid, scale)
-        ctx.save_for_backward(anchors, cand, pos, valid, scale, lse_all, lse_pos)
-        return loss
-
-    @staticmethod
-    def backward(ctx, dloss):
-        anchors, cand, pos, valid, scale, lse_all, lse_pos = ctx.saved_tensors
-        da, dc, dscale = multi_positive_backward(dloss, anchors, cand, pos, valid, scale, lse_all,
-                                                 lse_pos)
-        return da, dc, None, None, dscale.to(scale.dtype)
+    return da, dc, dscale

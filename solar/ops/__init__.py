@@ -1,8 +1,10 @@
 """The ops facade: the only door to the kernels.
 
 Every op validates its arguments, picks a backend (``backend="auto"``, or ``$SOLAR_BACKEND``) and
-runs either the pure-PyTorch reference (``torch``) or a kernel backend through the torch.library
-custom ops in ``_library`` (so ``torch.compile`` can trace them).  See ``registry`` for the switch.
+runs either its pure-PyTorch reference (``torch``) or a kernel backend through the custom ops that
+``_library`` generates from the op table (one autograd path for every backend; ``torch.compile``
+traces them).  Layout: ``table`` (the ops), ``registry`` (the backend switch), ``_triton`` and
+``_native`` (the kernel backends' tables), ``reference`` (the torch twins), ``_checks``.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from .reference import (contrastive_loss_reference, gcl_loss_reference, masked_p
                         multi_positive_infonce_reference, qda_threshold, qda_threshold_from_stats)
 from .registry import (BACKENDS, OPS, BackendUnavailable, KernelImpl, available_backends, backend_status,
                        register, resolve)
+from .table import OPS as OP_TABLE
 
 __all__ = [
     "masked_pool", "contrastive_loss", "gcl_loss", "multi_positive_infonce", "qda_threshold",
@@ -28,13 +31,13 @@ __all__ = [
 OPS_FOR_INFO = OPS
 
 
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def _lib():
+def _run(op: str, backend: str, public: tuple, kernel_inputs) -> torch.Tensor:
+    """The op on ``backend``: the reference twin on the public arguments, or the kernel backend
+    through the custom ops on ``kernel_inputs()`` (the op table's inputs)."""
+    if backend == "torch":
+        return OP_TABLE[op].reference(*public)
     from . import _library  # registers the custom ops on first use
-    return _library
+    return _library.run(op, backend, *kernel_inputs())
 
 
 def masked_pool(x: torch.Tensor, weights: torch.Tensor, normalize: bool = True,
@@ -57,10 +60,9 @@ def masked_pool(x: torch.Tensor, weights: torch.Tensor, normalize: bool = True,
     C.same_device(x=x, weights=weights)
     C.same_size("x and weights batch/length", x=tuple(x.shape[:2]), weights=tuple(weights.shape))
     name = resolve("masked_pool", backend, x, weights)
-    if name == "torch":
-        return masked_pool_reference(x, weights, normalize, eps)
     w = weights.to(x.dtype) if weights.dtype == torch.bool else weights
-    return _lib().masked_pool_fwd(x, w, bool(normalize), float(eps), name)[0]
+    return _run("masked_pool", name, (x, weights, normalize, eps),
+                lambda: (x, w, bool(normalize), float(eps)))
 
 
 def _embeddings(**named):
@@ -100,12 +102,10 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, logit_scale, logit_bias=N
     scale = C.scalar("logit_scale", logit_scale, a.device)
     bias = None if logit_bias is None else C.scalar("logit_bias", logit_bias, a.device)
     name = resolve("contrastive_loss", backend, a, b, extra_negatives)
-    if name == "torch":
-        return contrastive_loss_reference(a, b, scale, bias, extra_negatives, symmetric)
-    acc = _acc_dtype(a)
-    out = _lib().contrastive_loss_fwd(a, b, scale.to(acc), None if bias is None else bias.to(acc),
-                                      extra_negatives, bool(symmetric), name)
-    return out[0]
+    acc = C.acc_dtype(a.dtype)
+    return _run("contrastive_loss", name, (a, b, scale, bias, extra_negatives, symmetric),
+                lambda: (a, b, scale.to(acc), None if bias is None else bias.to(acc),
+                         extra_negatives, bool(symmetric)))
 
 
 def gcl_loss(e_image: torch.Tensor, e_text: torch.Tensor, e_fused: torch.Tensor, logit_scale,
@@ -123,9 +123,8 @@ def gcl_loss(e_image: torch.Tensor, e_text: torch.Tensor, e_fused: torch.Tensor,
                 e_text=e_text.shape[0], e_fused=e_fused.shape[0])
     scale = C.scalar("logit_scale", logit_scale, e_image.device)
     name = resolve("gcl_loss", backend, e_image, e_text, e_fused)
-    if name == "torch":
-        return gcl_loss_reference(e_image, e_text, e_fused, scale)
-    return _lib().gcl_loss_fwd(e_image, e_text, e_fused, scale.to(_acc_dtype(e_image)), name)[0]
+    return _run("gcl_loss", name, (e_image, e_text, e_fused, scale),
+                lambda: (e_image, e_text, e_fused, scale.to(C.acc_dtype(e_image.dtype))))
 
 
 def multi_positive_infonce(anchors: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor,
@@ -164,11 +163,9 @@ def multi_positive_infonce(anchors: torch.Tensor, candidates: torch.Tensor, posi
     _check_labels(positives, valid)
     temp = C.scalar("temperature", temperature, anchors.device)
     name = resolve("multi_positive_infonce", backend, anchors, candidates)
-    if name == "torch":
-        return multi_positive_infonce_reference(anchors, candidates, positives, valid, temp)
-    scale = 1.0 / temp.to(_acc_dtype(anchors))
-    return _lib().multi_positive_infonce_fwd(anchors, candidates, positives, valid.contiguous(),
-                                             scale, name)[0]
+    return _run("multi_positive_infonce", name, (anchors, candidates, positives, valid, temp),
+                lambda: (anchors, candidates, positives, valid.contiguous(),
+                         1.0 / temp.to(C.acc_dtype(anchors.dtype))))
 
 
 def _check_labels(positives: torch.Tensor, valid: torch.Tensor) -> None:

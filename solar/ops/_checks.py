@@ -1,9 +1,15 @@
-"""Argument checks shared by every op: errors name the argument, never a deep stack trace."""
+"""Argument checks shared by every op (errors name the argument, never a deep stack trace), and
+the one accumulation-dtype rule."""
 from __future__ import annotations
 
 import torch
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of inputs in ``dtype``: float64 for float64, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def tensor(name: str, t, ndim: int | None = None, floating: bool = True, allow_bool: bool = False):

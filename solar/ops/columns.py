@@ -1,4 +1,4 @@
-"""Explicit column groups for SOLAR stage 2's loss (spec 3.1.13).
+"""Explicit column groups for SOLAR stage 2's loss (``multi_positive_infonce``).
 
 Stacking views and negatives into one candidate matrix is where labels silently go wrong (see
 sentence-transformers PR #3453: interleaved columns made anchors train toward hard negatives).

@@ -1,8 +1,8 @@
 """Pure-PyTorch reference twins of every fused op.
 
 They are the fallback backend (``torch``), the test oracle and the benchmark baseline, so they are
-written for clarity: the plain formula, autograd for the gradients.  Spec: ../shared/docs/method.md
-section 3 (cited as "spec 3.1.x").
+written for clarity: the plain formula (stated in each docstring), autograd for the gradients.
+The losses' derivations are in docs/method.md, section "Ops".
 
 Precision: inputs in bf16/fp16 multiply in their own dtype (as an eager user would) and the
 softmax/log-sum-exp runs in fp32; fp32 and fp64 inputs stay in their dtype.
@@ -14,9 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ._checks import acc_dtype
 
 
 def masked_pool_reference(x: torch.Tensor, weights: torch.Tensor, normalize: bool = True,
@@ -45,6 +43,10 @@ def contrastive_loss_reference(a: torch.Tensor, b: torch.Tensor, logit_scale, lo
                                symmetric: bool = True) -> torch.Tensor:
     """CLIP-style InfoNCE between rows of a and b (row i of a matches row i of b).
 
+    S = logit_scale * a [b; extra_negatives]^T + logit_bias (B x (B + K)), S' = logit_scale * b a^T
+    + logit_bias (B x B);  loss_ab = mean_i [ logsumexp_j S_ij - S_ii ], loss_ba likewise on S',
+    loss = (loss_ab + loss_ba) / 2 when symmetric, else loss_ab.
+
     Args:
         a, b: (B, D) embeddings (normally L2-normalized).
         logit_scale: the multiplier of the cosines (already exponentiated), number or 0-dim tensor.
@@ -55,7 +57,7 @@ def contrastive_loss_reference(a: torch.Tensor, b: torch.Tensor, logit_scale, lo
     Returns:
         0-dim loss (fp32, or fp64 for fp64 inputs).
     """
-    acc = _acc_dtype(a.dtype)
+    acc = acc_dtype(a.dtype)
     cols = b if extra_negatives is None else torch.cat([b, extra_negatives], dim=0)
     labels = torch.arange(a.shape[0], device=a.device)
     logits_ab = logit_scale * (a @ cols.T).to(acc)
@@ -72,13 +74,14 @@ def contrastive_loss_reference(a: torch.Tensor, b: torch.Tensor, logit_scale, lo
 
 def gcl_loss_reference(e_image: torch.Tensor, e_text: torch.Tensor, e_fused: torch.Tensor,
                        logit_scale) -> torch.Tensor:
-    """GCL loss over the 3B x 3B similarity of E = [e_image; e_text; e_fused] (spec 3.1.17).
+    """GCL loss over the 3B x 3B similarity of E = [e_image; e_text; e_fused].
 
-    Self terms are excluded; row (m, j) has two positives, (m', j) for the two other modalities m';
-    the denominator covers all other 3B - 1 embeddings.  Returns the mean NLL over the 6B
-    (row, positive) entries.
+    S = logit_scale * E E^T.  Self terms are excluded; row r = (m, j) has two positives,
+    p = (m', j) for the two other modalities m'; the denominator covers all other 3B - 1
+    embeddings:  loss = 1/(6B) sum_r sum_{p of r} [ logsumexp_{c != r} S_rc - S_rp ],
+    the mean NLL over the 6B (row, positive) entries.
     """
-    acc = _acc_dtype(e_image.dtype)
+    acc = acc_dtype(e_image.dtype)
     B = e_image.shape[0]
     e = torch.cat([e_image, e_text, e_fused], dim=0)                  # (3B, D)
     s = logit_scale * (e @ e.T).to(acc)                               # (3B, 3B)
@@ -94,7 +97,7 @@ def gcl_loss_reference(e_image: torch.Tensor, e_text: torch.Tensor, e_fused: tor
 def multi_positive_infonce_reference(anchors: torch.Tensor, candidates: torch.Tensor,
                                      positives: torch.Tensor, valid: torch.Tensor | None,
                                      temperature) -> torch.Tensor:
-    """SOLAR stage 2's multi-positive InfoNCE (spec 1.4, 3.1.13).
+    """SOLAR stage 2's multi-positive InfoNCE.
 
     loss_i = logsumexp_{k valid for i} z_ik - logsumexp_{j positive for i} z_ij,  z = <a_i, c_k> / T
 
@@ -106,7 +109,7 @@ def multi_positive_infonce_reference(anchors: torch.Tensor, candidates: torch.Te
     Returns:
         0-dim mean loss over anchors.
     """
-    acc = _acc_dtype(anchors.dtype)
+    acc = acc_dtype(anchors.dtype)
     z = (anchors @ candidates.T).to(acc) / temperature                # (B, N)
     if valid is None:
         valid = torch.ones_like(positives)
@@ -120,7 +123,7 @@ def multi_positive_infonce_reference(anchors: torch.Tensor, candidates: torch.Te
 def qda_threshold_from_stats(mu_pos: float, sd_pos: float, mu_neg: float, sd_neg: float,
                              priors: tuple[float, float] | None = None,
                              min_sd: float = 1e-6) -> float:
-    """Equal-density threshold of two 1-D Gaussians (spec 1.3(c)).
+    """Equal-density threshold of two 1-D Gaussians (the stage-1 QDA rule, docs/method.md).
 
     Solves pi+ N(t; mu+, sd+) = pi- N(t; mu-, sd-) as a t^2 + b t + c = 0.  Degenerate cases:
       * standard deviations are floored at ``min_sd``;

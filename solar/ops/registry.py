@@ -1,9 +1,10 @@
 """One backend switch for every fused op.
 
 Backends: ``cuda`` (csrc CUDA C++), ``triton`` (kernels/), ``cpu`` (csrc CPU C++) and ``torch``
-(the pure-PyTorch references, always there).  Kernel backends register a ``KernelImpl`` per op from
-their own module, which is imported only the first time that backend is considered, so
-``import solar`` never loads triton or a compiled module.
+(the pure-PyTorch references of ``table.OPS``, always there).  Each kernel backend is one table,
+``{op name: KernelImpl}``, held by its provider module (``_PROVIDERS``), which is imported only the
+first time that backend is considered, so ``import solar`` never loads triton or a compiled
+module.  A new backend is one provider module with its table and one line here.
 
 Choice: ``backend=None`` (the ops' default) reads the ``SOLAR_BACKEND`` environment variable and
 falls back to ``"auto"``; ``"auto"`` takes the first backend
@@ -19,8 +20,10 @@ from typing import Callable, Optional
 
 import torch
 
+from .table import OPS as _OP_TABLE
+
 BACKENDS = ("cuda", "triton", "cpu", "torch")
-OPS = ("masked_pool", "contrastive_loss", "gcl_loss", "multi_positive_infonce")
+OPS = tuple(_OP_TABLE)
 ENV_VAR = "SOLAR_BACKEND"
 
 # Preference per device type for backend="auto".
@@ -31,15 +34,15 @@ AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 # at B = 2048-4096, 1.2-1.5x from B = 256, at 7-15x less memory); below B ~ 64 both take < 1 ms.
 AUTO_ORDER_OP: dict = {}
 
-# backend -> (module that registers it, how to get it)
+# backend -> (provider module, its table's name, how to get it)
 _PROVIDERS = {
-    "triton": ("solar_kernels",
+    "triton": ("solar.ops._triton", "TABLE",
                "install Triton (pip install 'solar-mm[triton]'); it runs on CUDA GPUs, or on CPU "
                "tensors under TRITON_INTERPRET=1 (slow, for tests)"),
-    "cpu": ("solar.ops._native",
+    "cpu": ("solar.ops._native", "CPU_TABLE",
             "build the csrc module: pip install -e . with a C++ compiler and cmake "
             "(and SOLAR_SKIP_NATIVE unset)"),
-    "cuda": ("solar.ops._native",
+    "cuda": ("solar.ops._native", "CUDA_TABLE",
              "build the csrc CUDA module (nvcc on PATH, SOLAR_SKIP_CUDA unset) and run on a CUDA GPU "
              "with a CUDA build of torch"),
 }
@@ -53,7 +56,7 @@ class BackendUnavailable(RuntimeError):
 class KernelImpl:
     """A kernel backend's implementation of one op.
 
-    ``forward`` and ``backward`` follow the op's canonical signature (see solar/ops/_library.py);
+    ``forward`` and ``backward`` follow the op's canonical signature (see solar/ops/table.py);
     ``supports(*tensors)`` returns None when the inputs can be handled, else the reason.
     ``can_run()`` says whether the backend runs on this machine at all.
     """
@@ -63,12 +66,14 @@ class KernelImpl:
     can_run: Callable[[], Optional[str]] = lambda: None
 
 
-_IMPLS: dict[tuple[str, str], KernelImpl] = {}
+_TABLES: dict[str, dict[str, KernelImpl]] = {}     # backend -> its provider's table, once loaded
+_IMPLS: dict[tuple[str, str], KernelImpl] = {}      # (op, backend) -> entries set by register()
 _LOAD_ERRORS: dict[str, str] = {}
 _LOADED: set[str] = set()
 
 
 def register(op: str, backend: str, impl: KernelImpl) -> None:
+    """Set (or replace) one entry of a kernel backend's table."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; ops are {OPS}")
     if backend not in BACKENDS or backend == "torch":
@@ -80,16 +85,25 @@ def _load(backend: str) -> None:
     if backend == "torch" or backend in _LOADED:
         return
     _LOADED.add(backend)
-    module, _ = _PROVIDERS[backend]
+    module, table, _ = _PROVIDERS[backend]
     try:
-        importlib.import_module(module)
+        impls = getattr(importlib.import_module(module), table)
     except Exception as err:  # a missing optional part must not break the other backends
         _LOAD_ERRORS[backend] = f"{type(err).__name__}: {err}"
+        return
+    if isinstance(impls, str):  # the provider says why it has nothing (e.g. a module not built)
+        _LOAD_ERRORS[backend] = impls
+        return
+    _TABLES[backend] = dict(impls)
+
+
+def _lookup(op: str, backend: str) -> Optional[KernelImpl]:
+    _load(backend)
+    return _IMPLS.get((op, backend)) or _TABLES.get(backend, {}).get(op)
 
 
 def get_impl(op: str, backend: str) -> KernelImpl:
-    _load(backend)
-    impl = _IMPLS.get((op, backend))
+    impl = _lookup(op, backend)
     if impl is None:
         raise BackendUnavailable(_why_missing(op, backend))
     return impl
@@ -98,15 +112,14 @@ def get_impl(op: str, backend: str) -> KernelImpl:
 def _why_missing(op: str, backend: str) -> str:
     err = _LOAD_ERRORS.get(backend)
     why = f"not built or not installed ({err})" if err else f"provides no {op!r}"
-    return f"backend {backend!r} {why}; to get it: {_PROVIDERS[backend][1]}"
+    return f"backend {backend!r} {why}; to get it: {_PROVIDERS[backend][2]}"
 
 
 def backend_status(backend: str, op: str = "masked_pool") -> tuple[bool, Optional[str]]:
     """(built, reason it cannot run here or None)."""
     if backend == "torch":
         return True, None
-    _load(backend)
-    impl = _IMPLS.get((op, backend))
+    impl = _lookup(op, backend)
     if impl is None:
         return False, _why_missing(op, backend)
     return True, impl.can_run()

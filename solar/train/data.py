@@ -190,8 +190,8 @@ def plan_data(cfg, out: Optional[Path], pairs=None, world: int = 1) -> TrainData
         from solar.data import offline
         split = offline.split_by_item(offline_pairs(spec, cfg.limit), cfg.val_frac,
                                       cfg.test_frac, cfg.split_seed)
+        # No end-of-run validation here: the offline sets have their benchmark (docs/benchmark.md).
         return TrainData(docs=docs_from_pairs(split[cfg.split]), quarantine=q,
-                         val_docs=docs_from_pairs(split["val"][: cfg.val_max]),
                          cache_name=f"{spec.replace(':', '_')}-{cfg.split}")
     split = None if cfg.val_data else cfg.split
     if cfg.split == "test":

@@ -143,6 +143,8 @@ def train(cfg: TrainConfig, pairs: Optional[list] = None) -> dict:
     read_s = time.perf_counter() - t0
     model = make_model(cfg)
     info = {"read_seconds": read_s, "data": "stream" if data.streaming else "memory"}
+    log({"event": "data", **info, "val_docs": len(data.val_docs),
+         "records": data.stream.total if data.streaming else len(data.docs)})
     if data.streaming:
         summary = _train_stream(cfg, model, data, device, log, info)
     else:

@@ -84,9 +84,15 @@ def test_stream_resumes_exactly(corpora, tmp_path):
     b = load_file(str(tmp_path / "part" / "checkpoint" / "trainer.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_model(tmp_path / "full").encode(texts=["x"]).shape == (1, 16)
-    with pytest.raises(ValueError, match="in memory"):
+    with pytest.raises(ValueError, match="mine_k=0"):
         train(cfg(tmp_path / "s2", corpora["tar"], recipe="stage2", model=str(tmp_path / "full"),
                   **kw))
+    # Stage 2 streams with mine_k=0 (each batch's stage-1 masks made as it comes) and resumes.
+    kw2 = dict(kw, recipe="stage2", model=str(tmp_path / "full"), mine_k=0, steps=4, lr=1e-4)
+    s2 = train(cfg(tmp_path / "s2", corpora["tar"], **kw2))
+    a2 = train(cfg(tmp_path / "s2b", corpora["tar"], stop_at=2, **kw2))
+    b2 = train(cfg(tmp_path / "s2b", corpora["tar"], **kw2))
+    assert a2["losses"] + b2["losses"] == s2["losses"] and s2["data"] == "stream"
 
 
 def test_stream_epoch_sees_every_record_once(tmp_path):

@@ -114,12 +114,13 @@ def _check(raws: list) -> list:
 
 def read_docs(specs: list, split: Optional[str], val_frac: float, seed: int,
               quarantine: QuarantineLog, limit: Optional[int] = None, workers: int = 0,
-              chunk: int = 64) -> list[Doc]:
+              chunk: int = 64, max_docs: Optional[int] = None) -> list[Doc]:
     """Read and check the records of ``specs`` (the first ``limit`` of them): good ones become
     Docs (image bytes held, decoded on use), bad ones go to ``quarantine``; a record whose content
     id was seen before is dropped (a duplicate would be its own false negative).
 
-    split: "train" or "val" (the content-id split), or None for all records.
+    split: "train" or "val" (the content-id split), or None for all records; max_docs: stop
+    reading once this many good documents are found.
     """
     import itertools
     from solar.data import open_source
@@ -140,6 +141,8 @@ def read_docs(specs: list, split: Optional[str], val_frac: float, seed: int,
             image = (functools.partial(_image_from_bytes, raw.image, raw.locator)
                      if raw.image is not None else None)
             docs.append(Doc(raw.id, image, res[0]))
+        if max_docs is not None and len(docs) >= max_docs:
+            return docs[:max_docs]
     return docs
 
 
@@ -198,8 +201,10 @@ def plan_data(cfg, out: Optional[Path], pairs=None, world: int = 1) -> TrainData
         raise ValueError("split='test' exists for the offline sets only; pass --val-data or "
                          "split='val' for your own data")
     val_q = QuarantineLog(out / "quarantine.val.jsonl" if out is not None else None)
-    val = (read_docs(specs_of(cfg.val_data), None, 0.0, 0, val_q, cfg.val_max)
-           if cfg.val_data else None)
+    val = None
+    if cfg.val_data:
+        val = (read_docs(specs_of(cfg.val_data), None, 0.0, 0, val_q, max_docs=cfg.val_max)
+               if cfg.val_max else [])
     if cfg.stream is False:
         plan = None
     else:

@@ -1,9 +1,11 @@
 """The training loop shared by all recipes: ``train(TrainConfig) -> summary dict``.
 
-Data order is a pure function of (seed, step): each epoch is a seeded permutation of the training
+Data (solar.train.data) is either held in memory or streamed (solar.train.stream).  In memory,
+data order is a pure function of (seed, step): each epoch is a seeded permutation of the training
 documents, split into global batches (batch_size x world x grad_accum, last partial batch
-dropped), so a resumed run sees exactly the batches it would have seen.  Runs under torchrun
-(gloo on CPU, nccl on GPU); bf16 autocast on CUDA.
+dropped), so a resumed run sees exactly the batches it would have seen.  Streamed, each rank's
+readers follow a seeded order and the checkpoint keeps their positions, with the same guarantee.
+Runs under torchrun (gloo on CPU, nccl on GPU); bf16 autocast on CUDA.
 """
 from __future__ import annotations
 
@@ -198,10 +200,11 @@ def _train_docs(cfg, model, data, device, log, info) -> dict:
 def _train_stream(cfg, model, data, device, log, info) -> dict:
     """A stream of shards read and decoded by DataLoader workers (solar.train.stream)."""
     from .stream import DocStream, WorkerState, make_loader
-    if cfg.recipe == "stage2":
-        raise ValueError("recipe 'stage2' needs its documents in memory (the frozen stage-1 masks "
-                         "and mined negatives are kept per document): pass --no-stream "
-                         "(stream=False) or train stage 2 on a subset (--limit)")
+    per_batch = cfg.recipe == "stage2"
+    if per_batch and cfg.mine_k > 0:
+        raise ValueError("recipe 'stage2' mines negatives among documents held in memory: stream "
+                         "it with --set mine_k=0 (views and in-batch negatives only), or pass "
+                         "--no-stream / a subset (--limit)")
     K, W, r = max(1, cfg.data_workers), dist.world(), dist.rank()
     states = [WorkerState() for _ in range(K)]
     probe = DocStream(data.stream, cfg.batch_size, cfg.data_workers, r, W, states)
@@ -212,7 +215,8 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
     model.to(device).train()
     recipe = RECIPES[cfg.recipe](cfg, total)
     recipe.check(model)
-    recipe.setup(model, None, device, None)
+    if not per_batch:
+        recipe.setup(model, None, device, None)
     opt = make_optimizer(model, cfg)
     start = 0
     if cfg.resume and has_checkpoint(cfg.out_dir):
@@ -239,8 +243,13 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
         for bad in b["bad"]:
             qlog.add(bad)
         ids(step, micro, b["ids"])
-        feats = model.tower_features(b["images"], b["texts"]).trim_text(max_tokens)
-        return feats.to(device), torch.arange(len(b["ids"])), None
+        feats = model.tower_features(b["images"], b["texts"]).trim_text(max_tokens).to(device)
+        idx = torch.arange(len(b["ids"]))
+        if not per_batch:
+            return feats, idx, None
+        source = BatchSource(feats)           # stage 2: the frozen stage-1 masks of this batch
+        recipe.setup(model, source, device, None)
+        return feats, idx, source
 
     def extra():
         st = torch.tensor([[s.epoch, s.cursor, s.made] for s in states], dtype=torch.long)
@@ -251,6 +260,23 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
                     {"docs": data.stream.total, "batches_per_epoch": per_epoch, **info})
     finally:
         del batches
+
+
+class BatchSource:
+    """One batch's DocFeatures behind the ``get(idx)`` interface of a document source, so a recipe
+    that prepares per-document state in ``setup`` (stage 2's frozen masks) can run on a stream,
+    preparing each batch as it comes."""
+
+    def __init__(self, feats):
+        self.feats = feats
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def get(self, idx: torch.Tensor, model=None):
+        f, i = self.feats, idx.to(self.feats.has_image.device)
+        pick = lambda o: type(o)(o.tokens[i], o.mask[i], o.pooled[i])  # noqa: E731
+        return type(f)(pick(f.image), pick(f.text), f.has_image[i], f.has_text[i])
 
 
 class _IdLog:

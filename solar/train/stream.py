@@ -145,7 +145,7 @@ class StreamPlan:
         if self.split is None or self.val_frac <= 0:
             return []
         specs = [u.path for u in self.units]
-        return read_docs(specs, "val", self.val_frac, self.seed, quarantine)[:n] if n else []
+        return read_docs(specs, "val", self.val_frac, self.seed, quarantine, max_docs=n) if n else []
 
     # -- one worker's records ------------------------------------------------------------------
     def epoch_units(self, epoch: int) -> list:

@@ -75,7 +75,7 @@ def test_stream_resumes_exactly(corpora, tmp_path):
     kw = dict(stream=True, data_workers=2, steps=6, batch_size=4)
     full = train(cfg(tmp_path / "full", corpora["tar"], **kw))
     assert full["data"] == "stream" and full["quarantined"]
-    part = train(cfg(tmp_path / "part", corpora["tar"], stop_at=3, **kw))
+    part = train(cfg(tmp_path / "part", corpora["tar"], stop_at=3, **kw))    # mid-reader
     rest = train(cfg(tmp_path / "part", corpora["tar"], **kw))
     assert rest["start_step"] == 3 and part["losses"] + rest["losses"] == full["losses"]
     assert rest["quarantined"] == full["quarantined"]
@@ -88,9 +88,10 @@ def test_stream_resumes_exactly(corpora, tmp_path):
         train(cfg(tmp_path / "s2", corpora["tar"], recipe="stage2", model=str(tmp_path / "full"),
                   **kw))
     # Stage 2 streams with mine_k=0 (each batch's stage-1 masks made as it comes) and resumes.
-    kw2 = dict(kw, recipe="stage2", model=str(tmp_path / "full"), mine_k=0, steps=4, lr=1e-4)
+    kw2 = dict(kw, recipe="stage2", model=str(tmp_path / "full"), mine_k=0, steps=3, lr=1e-4,
+               data_workers=0)
     s2 = train(cfg(tmp_path / "s2", corpora["tar"], **kw2))
-    a2 = train(cfg(tmp_path / "s2b", corpora["tar"], stop_at=2, **kw2))
+    a2 = train(cfg(tmp_path / "s2b", corpora["tar"], stop_at=1, **kw2))
     b2 = train(cfg(tmp_path / "s2b", corpora["tar"], **kw2))
     assert a2["losses"] + b2["losses"] == s2["losses"] and s2["data"] == "stream"
 

@@ -175,11 +175,11 @@ def test_lora_tower_starts_at_base_and_trains_only_factors(tmp_path):
     torch.testing.assert_close(tuned.encode(imgs, TEXTS[:3]), frozen.encode(imgs, TEXTS[:3]),
                                **TOL[torch.float32])
     names = [n for n, p in tuned.image_tower.named_parameters() if p.requires_grad]
-    assert names == ["backbone.mlp.1.lora_a", "backbone.mlp.1.lora_b"]
+    assert names == ["backbone.mlp.1.lora_A.default.weight", "backbone.mlp.1.lora_B.default.weight"]
     # Gradients reach the LoRA factors through the tower.
     f = tuned.tower_features(imgs, TEXTS[:3])
     tuned.embed(f).sum().backward()
-    assert tuned.image_tower.backbone["mlp"][1].lora_b.grad.abs().sum() > 0
+    assert tuned.image_tower.backbone["mlp"][1].lora_B["default"].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="match no Linear"):
         build_model(base.replace(text_tower=TowerConfig("tiny-text", trainable="lora",
                                                         lora_targets=("nothing",))))

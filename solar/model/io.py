@@ -82,13 +82,14 @@ def shipped_models() -> list[str]:
 
 
 def load_model(path_or_name: Union[str, Path], device: Optional[Union[str, torch.device]] = None,
-               **overrides) -> DocumentEncoder:
+               *, seed: int = 0, **overrides) -> DocumentEncoder:
     """A model from a checkpoint folder (config.json + model.safetensors) or a preset name.
 
     Shipped trained checkpoints: ``shipped_models()``, e.g. "solar-clipart" (SOLAR stage 1+2 on
     the offline clip-art train split).  Presets (random init, seed 0):
     ``solar.model.config.PRESETS``, e.g. "solar-tiny-random".
-    ``overrides`` replace fields of the model config (for example ``dim=128`` for a preset).
+    ``overrides`` replace fields of the model config (for example ``dim=128`` for a preset);
+    ``seed`` initializes a preset's trained parts.
     The model is returned in eval mode.
     """
     from safetensors.torch import load_file
@@ -102,7 +103,7 @@ def load_model(path_or_name: Union[str, Path], device: Optional[Union[str, torch
     elif (SHIPPED_DIR / str(path_or_name) / "config.json").is_file():
         return load_model(SHIPPED_DIR / str(path_or_name), device)
     elif str(path_or_name) in PRESETS:
-        model = build_model(preset(str(path_or_name)).replace(**overrides))
+        model = build_model(preset(str(path_or_name)).replace(**overrides), seed=seed)
     else:
         raise ValueError(f"{str(path_or_name)!r} is neither a checkpoint folder with config.json "
                          f"nor a shipped model {shipped_models()} nor a preset name; presets are "

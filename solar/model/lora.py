@@ -1,57 +1,26 @@
-"""Low-rank adapters (LoRA) for tower fine-tuning.
+"""Low-rank adapters (LoRA) for tower fine-tuning, through Hugging Face ``peft``.
 
-``apply_lora`` wraps every ``nn.Linear`` (and 1x1 ``nn.Conv2d``, for convolutional towers) whose
-module name ends with one of ``targets``: y = W x + (alpha / r) B A x, with B initialized to zero
-so the wrapped tower starts exactly at the pretrained function.  Only A and B train.
+``apply_lora`` freezes a tower's backbone and injects peft LoRA layers into every ``nn.Linear``,
+``nn.Conv2d`` (1x1, for convolutional towers) and ``nn.Embedding`` whose module name ends with
+one of ``targets``: y = W x + (alpha / r) B A x, with B initialized to zero so the tower starts
+exactly at the pretrained function.  Only A and B train; their state-dict keys contain
+``lora_A`` / ``lora_B`` (the only tower tensors a LoRA checkpoint stores).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable rank-r update."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + (x @ self.lora_a.T @ self.lora_b.T) * self.scale
-
-
-class LoRAConv1x1(nn.Module):
-    """A frozen 1x1 ``nn.Conv2d`` plus a trainable rank-r update."""
-
-    def __init__(self, base: nn.Conv2d, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_a = nn.Conv2d(base.in_channels, rank, 1, bias=False)
-        self.lora_b = nn.Conv2d(rank, base.out_channels, 1, bias=False)
-        nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_b.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.lora_b(self.lora_a(x)) * self.scale
-
-
 def _wrappable(module: nn.Module) -> bool:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, nn.Embedding)):
         return True
     return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
             and module.stride == (1, 1))
 
 
 def apply_lora(model: nn.Module, targets: tuple, rank: int, alpha: float) -> int:
-    """Freeze ``model`` and wrap matching layers with LoRA in place.  Returns how many were wrapped.
+    """Freeze ``model`` and add LoRA to matching layers in place.  Returns how many were wrapped.
 
     Raises ValueError when no layer matches (a silent no-op would train nothing).
     """
@@ -59,19 +28,20 @@ def apply_lora(model: nn.Module, targets: tuple, rank: int, alpha: float) -> int
         raise ValueError(f"lora_rank must be positive, got {rank}")
     for p in model.parameters():
         p.requires_grad_(False)
-    found = []
-    for name, module in model.named_modules():
-        if any(name.endswith(t) for t in targets) and _wrappable(module):
-            found.append(name)
+    found = [name for name, module in model.named_modules()
+             if name and any(name.endswith(t) for t in targets) and _wrappable(module)]
+    if not found:
+        raise ValueError(f"lora_targets {targets} match no Linear, 1x1 Conv2d or Embedding layer "
+                         f"of {type(model).__name__}")
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:
+        raise ImportError("LoRA towers need peft: pip install 'solar-mm[model]'") from err
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
+                     target_modules=found)
     # The factors draw from a forked RNG so adding LoRA leaves the rest of a model's init unchanged.
     with torch.random.fork_rng(devices=[]):
-        for name in found:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            base = getattr(parent, child)
-            cls = LoRALinear if isinstance(base, nn.Linear) else LoRAConv1x1
-            setattr(parent, child, cls(base, rank, alpha))
-    if not found:
-        raise ValueError(f"lora_targets {targets} match no Linear or 1x1 Conv2d layer of "
-                         f"{type(model).__name__}")
+        inject_adapter_in_model(cfg, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
     return len(found)

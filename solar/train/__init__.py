@@ -1,5 +1,5 @@
 """Training: recipes stage1 / stage2 (SOLAR), gcl and clip (baselines), the loop, checkpoints,
-feature cache and distributed helpers.  Entry point: ``train(TrainConfig)`` or
+data from any ingest source (in memory or streamed), feature cache and distributed helpers.  Entry point: ``train(TrainConfig)`` or
 ``solar-index train``."""
 from __future__ import annotations
 

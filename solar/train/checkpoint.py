@@ -2,7 +2,8 @@
 
 <run>/checkpoint/
     model.safetensors, config.json     the model (``solar.load_model`` reads this folder)
-    trainer.safetensors                optimizer state tensors, RNG states, recipe tensors
+    trainer.safetensors                optimizer state tensors, RNG states, recipe tensors, extra
+                                       loop tensors (``extra.*``: the stream position)
     trainer.json                       step, train config, optimizer hyper-parameters, scalars
 """
 from __future__ import annotations
@@ -45,8 +46,11 @@ def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict) ->
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(run_dir, model, opt, step: int, cfg_dict: dict, recipe) -> Path:
-    """Write <run_dir>/checkpoint atomically (a temporary folder renamed into place)."""
+def save_checkpoint(run_dir, model, opt, step: int, cfg_dict: dict, recipe,
+                    extra: dict | None = None) -> Path:
+    """Write <run_dir>/checkpoint atomically (a temporary folder renamed into place).
+
+    ``extra``: more tensors to keep (read back with ``load_extra``)."""
     from safetensors.torch import save_file
     run_dir = Path(run_dir)
     final, tmp = run_dir / "checkpoint", run_dir / "checkpoint.tmp"
@@ -58,6 +62,8 @@ def save_checkpoint(run_dir, model, opt, step: int, cfg_dict: dict, recipe) -> P
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     for k, v in recipe.state_tensors().items():
         tensors[f"recipe.{k}"] = v.detach().cpu().contiguous()
+    for k, v in (extra or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
     save_file(tensors, str(tmp / "trainer.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps({"step": step, "train_config": cfg_dict,
                                                   "optimizer": opt_meta}, indent=1, default=str))
@@ -88,3 +94,10 @@ def load_checkpoint(run_dir, model, opt, recipe) -> int:
     recipe.load_state_tensors({k[len("recipe."):]: v for k, v in tensors.items()
                                if k.startswith("recipe.")})
     return int(meta["step"])
+
+
+def load_extra(run_dir) -> dict:
+    """The ``extra`` tensors of the last checkpoint (empty when there are none)."""
+    from safetensors.torch import load_file
+    tensors = load_file(str(Path(run_dir) / "checkpoint" / "trainer.safetensors"))
+    return {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}

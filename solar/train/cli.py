@@ -57,9 +57,27 @@ def _pairs(values: typing.Iterable[str], cls, what: str) -> dict:
               help="Run folder: checkpoint/, metrics.jsonl, final model.safetensors + config.json.")
 @click.option("--model", default=None,
               help="Preset name or checkpoint folder to start from (stage2: the stage-1 run).")
-@click.option("--data", default="clipart", show_default=True,
-              type=click.Choice(["clipart", "emoji", "clipart+emoji"]))
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N pairs.")
+@click.option("--data", "data", multiple=True, metavar="SPEC",
+              help="Training data, repeatable: any `solar-index ingest` source (folder, .jsonl/.csv "
+                   "manifest, .tar shards, .parquet, a glob) or clipart[:N], emoji[:N], "
+                   "clipart+emoji (default clipart).")
+@click.option("--val-data", "val_data", multiple=True, metavar="SPEC",
+              help="Explicit validation data (then all of --data trains; else a content-id split).")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Use only the first N records.")
+@click.option("--stream/--no-stream", default=None,
+              help="Stream the data through DataLoader workers (default: above 20,000 records).")
+@click.option("--workers", "data_workers", type=click.IntRange(min=0), default=None,
+              help="DataLoader processes that read and decode a stream (default 2).")
+@click.option("--image-tower", default=None, metavar="PATH_OR_NAME",
+              help="Local Hugging Face folder (CLIP, SigLIP, DINOv2, ViT) or efficientnet-lite0 / "
+                   "tiny-image.")
+@click.option("--text-tower", default=None, metavar="PATH_OR_NAME",
+              help="Local Hugging Face folder (CLIP, SigLIP, BERT/BGE, ...) or minilm-l6 / tiny-text.")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=None,
+              help="Fine-tune both towers with LoRA of this rank (through peft).")
+@click.option("--freeze-towers/--no-freeze-towers", default=None,
+              help="Keep the towers frozen (default; features can be cached) or train them fully.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Train this many epochs (overrides --steps).")
@@ -74,11 +92,16 @@ def _pairs(values: typing.Iterable[str], cls, what: str) -> dict:
 @click.option("--model-set", "model_sets", multiple=True, metavar="KEY=VALUE",
               help="ModelConfig field of a preset, e.g. --model-set dim=128.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(recipe, out_dir, model, data, limit, steps, epochs, batch_size, grad_accum, lr, seed,
+def train(recipe, out_dir, model, data, val_data, limit, stream, data_workers, image_tower,
+          text_tower, lora_rank, freeze_towers, steps, epochs, batch_size, grad_accum, lr, seed,
           cache_dir, sets, model_sets, no_progress):
-    """Train a recipe on the offline pairs (runs under torchrun as well)."""
+    """Train a recipe on your data or the offline pairs (runs under torchrun as well)."""
     from solar.model.config import ModelConfig
-    kw = {"recipe": recipe, "out_dir": out_dir, "model": model, "data": data, "limit": limit,
+    kw = {"recipe": recipe, "out_dir": out_dir, "model": model,
+          "data": (data[0] if len(data) == 1 else list(data)) if data else None,
+          "val_data": list(val_data) or None, "limit": limit, "stream": stream,
+          "data_workers": data_workers, "image_tower": image_tower, "text_tower": text_tower,
+          "lora_rank": lora_rank, "freeze_towers": freeze_towers,
           "steps": steps, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
           "lr": lr, "seed": seed, "cache_dir": cache_dir, "progress": not no_progress}
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -91,7 +114,10 @@ def train(recipe, out_dir, model, data, limit, steps, epochs, batch_size, grad_a
     except (ValueError, TypeError) as err:
         raise click.UsageError(str(err)) from None
     from .loop import train as run
-    summary = run(cfg)
+    try:
+        summary = run(cfg)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
     losses = summary.pop("losses")
     if losses:
         summary["first_loss"], summary["last_loss"] = losses[0], losses[-1]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Union
 
 RECIPES = ("stage1", "stage2", "gcl", "clip")
 GLA_FORMS = ("mean", "local", "smoothmax")
@@ -23,8 +23,16 @@ class TrainConfig:
     out_dir: run folder (checkpoint/, metrics.jsonl, the final model.safetensors + config.json).
     model: preset name or checkpoint folder to start from (stage2: the stage-1 run folder).
     model_overrides: ModelConfig fields replaced when ``model`` is a preset.
-    data: "clipart", "emoji" or "clipart+emoji" (offline sets); split: which split to train on.
-    limit: use only the first ``limit`` pairs of the set (before splitting).
+    data: one source spec or a list of them (anything ``solar-index ingest`` reads: folders,
+        JSONL/CSV manifests, WebDataset shards, Parquet, ``clipart[:N]``, ``emoji[:N]``,
+        ``clipart+emoji``); split: which split to train on (see solar.train.data).
+    val_data: specs of an explicit validation set (then all of ``data`` trains).
+    limit: use only the first ``limit`` records of the data (before splitting).
+    stream: read the data as a stream (None: when it holds more than ``stream_above`` records).
+    data_workers: DataLoader worker processes that read and decode a stream (0: in the loop).
+    image_tower, text_tower: a tower name ("efficientnet-lite0", "minilm-l6", "tiny-image",
+        "tiny-text") or a local Hugging Face folder, replacing the preset's tower.
+    lora_rank: train the towers with LoRA of this rank; freeze_towers: False trains them fully.
     steps: optimizer steps; epochs (if set) overrides steps as ceil(epochs * N / global batch).
     batch_size: per device and micro-step; grad_accum micro-steps per optimizer step.
     """
@@ -32,9 +40,20 @@ class TrainConfig:
     out_dir: str = "runs/solar"
     model: Optional[str] = None
     model_overrides: dict = field(default_factory=dict)
-    data: str = "clipart"
+    data: Union[str, list] = "clipart"
     split: str = "train"
     limit: Optional[int] = None
+    val_data: Optional[list] = None
+    stream: Optional[bool] = None
+    stream_above: int = 20_000             # more records than this stream (and skip the cache)
+    data_workers: int = 2
+    shuffle_buffer: int = 512              # raw records shuffled per stream reader
+    val_max: int = 1000                    # validation documents scored at the end
+    log_ids: bool = False                  # write each rank's batch ids (doc_ids.rank<r>.jsonl)
+    image_tower: Optional[str] = None
+    text_tower: Optional[str] = None
+    lora_rank: Optional[int] = None
+    freeze_towers: Optional[bool] = None
     val_frac: float = 0.1
     test_frac: float = 0.1
     split_seed: int = 0
@@ -123,6 +142,17 @@ class TrainConfig:
             raise ValueError(f"gla_temp must be positive, got {self.gla_temp}")
         if self.temperature <= 0 or self.lr <= 0:
             raise ValueError("temperature and lr must be positive")
+        if isinstance(self.val_data, str):
+            self.val_data = [self.val_data]
+        if isinstance(self.data, (list, tuple)):
+            self.data = list(self.data)
+        if self.data_workers < 0 or self.stream_above < 0 or self.val_max < 0:
+            raise ValueError("data_workers, stream_above and val_max must be >= 0")
+        if self.lora_rank is not None and self.lora_rank <= 0:
+            raise ValueError(f"lora_rank must be positive, got {self.lora_rank}")
+        if self.lora_rank is not None and self.freeze_towers is False:
+            raise ValueError("lora_rank trains LoRA factors of frozen towers; it cannot be "
+                             "combined with freeze_towers=False (full training)")
         if self.split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {self.split!r}")
         if self.qda_priors is not None:

@@ -1,9 +1,11 @@
 """The training loop shared by all recipes: ``train(TrainConfig) -> summary dict``.
 
-Data order is a pure function of (seed, step): each epoch is a seeded permutation of the training
+Data (solar.train.data) is either held in memory or streamed (solar.train.stream).  In memory,
+data order is a pure function of (seed, step): each epoch is a seeded permutation of the training
 documents, split into global batches (batch_size x world x grad_accum, last partial batch
-dropped), so a resumed run sees exactly the batches it would have seen.  Runs under torchrun
-(gloo on CPU, nccl on GPU); bf16 autocast on CUDA.
+dropped), so a resumed run sees exactly the batches it would have seen.  Streamed, each rank's
+readers follow a seeded order and the checkpoint keeps their positions, with the same guarantee.
+Runs under torchrun (gloo on CPU, nccl on GPU); bf16 autocast on CUDA.
 """
 from __future__ import annotations
 
@@ -15,27 +17,26 @@ from typing import Optional
 
 import torch
 
-from solar.model.io import build_model, load_model, save_model
 from solar.model.config import PRESETS, preset
+from solar.model.io import load_model, save_model
+from solar.model.resolve import with_towers
 
 from . import dist
-from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import has_checkpoint, load_checkpoint, load_extra, save_checkpoint
 from .config import TrainConfig
-from .features import LiveSource, cached_store, docs_from_pairs
+from .data import QuarantineLog, is_offline, offline_pairs, plan_data, specs_of
+from .features import LiveSource, cached_store
 from .recipes import RECIPES
+from .validate import validate
 
 
 def load_pairs(cfg: TrainConfig) -> list:
-    """The offline pairs of ``cfg.data`` for ``cfg.split``."""
+    """The offline pairs of ``cfg.data`` (an offline spec such as "clipart+emoji") for ``cfg.split``."""
     from solar.data import offline
-    sets = {"clipart": offline.clipart_pairs, "emoji": offline.emoji_pairs}
-    names = cfg.data.split("+")
-    for n in names:
-        if n not in sets:
-            raise ValueError(f"data must be 'clipart', 'emoji' or 'clipart+emoji', got {cfg.data!r}")
-    pairs = [p for n in names for p in sets[n]()]
-    if cfg.limit is not None:
-        pairs = pairs[: cfg.limit]
+    spec = "+".join(specs_of(cfg.data))
+    if not is_offline(spec):
+        raise ValueError(f"load_pairs reads the offline sets only, got {cfg.data!r}")
+    pairs = offline_pairs(spec, cfg.limit)
     return offline.split_by_item(pairs, cfg.val_frac, cfg.test_frac, cfg.split_seed)[cfg.split]
 
 
@@ -48,23 +49,35 @@ def _device(cfg: TrainConfig, local: Optional[torch.device]) -> torch.device:
 
 
 def make_model(cfg: TrainConfig):
-    if Path(cfg.model).is_dir():
-        if cfg.model_overrides:
-            raise ValueError("model_overrides apply to presets only")
-        return load_model(cfg.model)
-    if cfg.model not in PRESETS:
-        raise ValueError(f"model must be a preset {sorted(PRESETS)} or a run/checkpoint folder, "
-                         f"got {cfg.model!r}")
-    return build_model(preset(cfg.model).replace(**cfg.model_overrides), seed=cfg.seed)
+    """The starting model: ``solar.load_model`` of a preset (with ``model_overrides`` and the
+    chosen towers), a shipped model name or a checkpoint/run folder."""
+    overrides = dict(cfg.model_overrides)
+    towers = (cfg.image_tower, cfg.text_tower, cfg.lora_rank, cfg.freeze_towers)
+    if any(t is not None for t in towers):
+        if cfg.model not in PRESETS:
+            raise ValueError(f"towers are chosen when training starts from a preset "
+                             f"{sorted(PRESETS)}; {cfg.model!r} brings its own")
+        mc = with_towers(preset(cfg.model).replace(**overrides), *towers)
+        overrides.update(image_tower=mc.image_tower, text_tower=mc.text_tower)
+    try:
+        return load_model(cfg.model, seed=cfg.seed, **overrides)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"model {cfg.model!r}: {err}") from None
 
 
-def make_source(cfg: TrainConfig, model, docs, device, log):
+def text_budget(cfg: TrainConfig, model) -> int:
+    return min(cfg.max_text_tokens or model.cfg.max_text_tokens, model.cfg.max_text_tokens)
+
+
+def make_source(cfg: TrainConfig, model, docs, device, log, name: str = "docs"):
+    """Tower features: the on-disk cache for frozen towers on up to ``stream_above`` documents,
+    live tower passes otherwise."""
     frozen = model.image_tower.frozen and model.text_tower.frozen
-    max_tokens = min(cfg.max_text_tokens or model.cfg.max_text_tokens, model.cfg.max_text_tokens)
-    if not (frozen and cfg.use_cache):
+    max_tokens = text_budget(cfg, model)
+    if not (frozen and cfg.use_cache and len(docs) <= cfg.stream_above):
         return LiveSource(docs, max_tokens)
     model.to(device)
-    store, info = cached_store(model, docs, cfg.cache_dir, f"{cfg.data}-{cfg.split}",
+    store, info = cached_store(model, docs, cfg.cache_dir, name,
                                cfg.feature_batch, cfg.progress and dist.rank() == 0)
     store.max_tokens = max_tokens
     store.texts = [d.text for d in docs]
@@ -111,24 +124,48 @@ class _Log:
 
 
 def train(cfg: TrainConfig, pairs: Optional[list] = None) -> dict:
-    """Train one recipe; returns a summary (steps, losses, timings, paths).
+    """Train one recipe; returns a summary (steps, losses, timings, data counts, paths).
 
     ``pairs``: optional list of solar.data.offline Pairs to train on instead of ``cfg.data``.
     """
     local = dist.init_from_env()
     device = _device(cfg, local)
     out = Path(cfg.out_dir)
+    resuming = cfg.resume and has_checkpoint(out)
     if dist.rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            for f in [*out.glob("quarantine*.jsonl"), *out.glob("doc_ids.rank*.jsonl")]:
+                f.unlink()
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
     dist.barrier()
     log = _Log(out / "metrics.jsonl", dist.rank() == 0)
     torch.manual_seed(cfg.seed)
-    pairs = load_pairs(cfg) if pairs is None else pairs
-    docs = docs_from_pairs(pairs)
-    model = make_model(cfg)
     t0 = time.perf_counter()
-    source = make_source(cfg, model, docs, device, log)
+    data = plan_data(cfg, out if dist.rank() == 0 else None, pairs)
+    read_s = time.perf_counter() - t0
+    model = make_model(cfg)
+    info = {"read_seconds": read_s, "data": "stream" if data.streaming else "memory"}
+    log({"event": "data", **info, "val_docs": len(data.val_docs),
+         "records": data.stream.total if data.streaming else len(data.docs)})
+    if data.streaming:
+        summary = _train_stream(cfg, model, data, device, log, info)
+    else:
+        summary = _train_docs(cfg, model, data, device, log, info)
+    q = _quarantine_counts(data.quarantine, device, summed=data.streaming)
+    summary["quarantined"] = q
+    log({"event": "quarantine", "counts": q, "file": str(out / "quarantine.jsonl")})
+    if dist.rank() == 0 and data.val_docs and summary["end_step"] >= summary["steps"]:
+        summary["val"] = validate(model, data.val_docs, device)
+        log({"event": "val", "docs": len(data.val_docs), **summary["val"]})
+    return summary
+
+
+def _train_docs(cfg, model, data, device, log, info) -> dict:
+    """Documents in memory: cached or live tower features, batches by (seed, step)."""
+    docs = data.docs
+    t0 = time.perf_counter()
+    source = make_source(cfg, model, docs, device, log, data.cache_name)
     prep_s = time.perf_counter() - t0
     total = cfg.steps
     gb = cfg.batch_size * dist.world() * cfg.grad_accum
@@ -147,14 +184,128 @@ def train(cfg: TrainConfig, pairs: Optional[list] = None) -> dict:
     setup_s = time.perf_counter() - t1
     opt = make_optimizer(model, cfg)
     start = 0
-    if cfg.resume and has_checkpoint(out):
-        start = load_checkpoint(out, model, opt, recipe)
+    if cfg.resume and has_checkpoint(cfg.out_dir):
+        start = load_checkpoint(cfg.out_dir, model, opt, recipe)
         log({"event": "resume", "step": start})
-    return _run(cfg, model, opt, recipe, source, device, start, total, log,
-                {"feature_seconds": prep_s, "setup_seconds": setup_s, "docs": len(docs)})
+    ids = _IdLog(cfg)
+
+    def fetch(step, micro):
+        idx = batch_indices(len(source), step, micro, cfg)
+        ids(step, micro, [source.ids[i] for i in idx.tolist()])
+        return source.get(idx, model).to(device), idx, source
+
+    return _run(cfg, model, opt, recipe, fetch, device, start, total, log, lambda: {},
+                {"feature_seconds": prep_s, "setup_seconds": setup_s, "docs": len(docs), **info})
 
 
-def _run(cfg, model, opt, recipe, source, device, start, total, log, info) -> dict:
+def _train_stream(cfg, model, data, device, log, info) -> dict:
+    """A stream of shards read and decoded by DataLoader workers (solar.train.stream)."""
+    from .stream import DocStream, WorkerState, make_loader
+    per_batch = cfg.recipe == "stage2"
+    if per_batch and cfg.mine_k > 0:
+        raise ValueError("recipe 'stage2' mines negatives among documents held in memory: stream "
+                         "it with --set mine_k=0 (views and in-batch negatives only), or pass "
+                         "--no-stream / a subset (--limit)")
+    K, W, r = max(1, cfg.data_workers), dist.world(), dist.rank()
+    states = [WorkerState() for _ in range(K)]
+    probe = DocStream(data.stream, cfg.batch_size, cfg.data_workers, r, W, states)
+    per_epoch = probe.batches_per_epoch // cfg.grad_accum
+    if per_epoch < 1:
+        raise ValueError("grad_accum exceeds the batches per epoch of the stream")
+    total = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * per_epoch))
+    model.to(device).train()
+    recipe = RECIPES[cfg.recipe](cfg, total)
+    recipe.check(model)
+    if not per_batch:
+        recipe.setup(model, None, device, None)
+    opt = make_optimizer(model, cfg)
+    start = 0
+    if cfg.resume and has_checkpoint(cfg.out_dir):
+        start = load_checkpoint(cfg.out_dir, model, opt, recipe)
+        saved = load_extra(cfg.out_dir).get("stream_state")
+        if saved is None or tuple(saved.shape) != (W, K, 3):
+            raise ValueError(f"the checkpoint's stream position was saved for another world size "
+                             f"or data_workers (saved {None if saved is None else list(saved.shape[:2])}, "
+                             f"now [{W}, {K}]); resume with the same torchrun size and workers")
+        states = [WorkerState(*map(int, row)) for row in saved[r]]
+        log({"event": "resume", "step": start})
+    ds = DocStream(data.stream, cfg.batch_size, cfg.data_workers, r, W, states,
+                   offset=(start * cfg.grad_accum) % K, shuffle_buffer=cfg.shuffle_buffer,
+                   seed=cfg.seed)
+    batches = iter(make_loader(ds, cfg.data_workers))
+    qlog = data.quarantine if r == 0 else QuarantineLog(
+        Path(cfg.out_dir) / f"quarantine.rank{r}.jsonl")
+    data.quarantine = qlog
+    ids, max_tokens = _IdLog(cfg), text_budget(cfg, model)
+
+    def fetch(step, micro):
+        b = next(batches)
+        states[b["q"]] = WorkerState(*b["state"])
+        for bad in b["bad"]:
+            qlog.add(bad)
+        ids(step, micro, b["ids"])
+        feats = model.tower_features(b["images"], b["texts"]).trim_text(max_tokens).to(device)
+        idx = torch.arange(len(b["ids"]))
+        if not per_batch:
+            return feats, idx, None
+        source = BatchSource(feats)           # stage 2: the frozen stage-1 masks of this batch
+        recipe.setup(model, source, device, None)
+        return feats, idx, source
+
+    def extra():
+        st = torch.tensor([[s.epoch, s.cursor, s.made] for s in states], dtype=torch.long)
+        return {"stream_state": dist.all_gather_nograd(st.to(device)).cpu().view(W, K, 3)}
+
+    try:
+        return _run(cfg, model, opt, recipe, fetch, device, start, total, log, extra,
+                    {"docs": data.stream.total, "batches_per_epoch": per_epoch, **info})
+    finally:
+        del batches
+
+
+class BatchSource:
+    """One batch's DocFeatures behind the ``get(idx)`` interface of a document source, so a recipe
+    that prepares per-document state in ``setup`` (stage 2's frozen masks) can run on a stream,
+    preparing each batch as it comes."""
+
+    def __init__(self, feats):
+        self.feats = feats
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+    def get(self, idx: torch.Tensor, model=None):
+        f, i = self.feats, idx.to(self.feats.has_image.device)
+        pick = lambda o: type(o)(o.tokens[i], o.mask[i], o.pooled[i])  # noqa: E731
+        return type(f)(pick(f.image), pick(f.text), f.has_image[i], f.has_text[i])
+
+
+class _IdLog:
+    """Each rank's batch ids per micro-step (``log_ids``), for checking data order."""
+
+    def __init__(self, cfg):
+        self.path = Path(cfg.out_dir) / f"doc_ids.rank{dist.rank()}.jsonl" if cfg.log_ids else None
+
+    def __call__(self, step, micro, ids) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps({"step": step, "micro": micro, "ids": ids}) + "\n")
+
+
+def _quarantine_counts(q: QuarantineLog, device, summed: bool) -> dict:
+    """Quarantine counts by kind (``summed``: each rank saw its own records; add them up)."""
+    from solar.data.records import KINDS
+    kinds = sorted(set(KINDS) | set(q.counts))
+    if summed and dist.world() > 1:
+        kinds = list(KINDS) + ["other"]
+        v = torch.tensor([q.counts.get(k, 0) for k in KINDS]
+                         + [sum(n for k, n in q.counts.items() if k not in KINDS)])
+        v = dist.all_reduce_sum(v.to(device)).cpu()
+        return {k: int(n) for k, n in zip(kinds, v.tolist()) if n}
+    return {k: q.counts[k] for k in kinds if q.counts.get(k)}
+
+
+def _run(cfg, model, opt, recipe, fetch, device, start, total, log, extra, info) -> dict:
     from tqdm.auto import tqdm
     params = model.trainable_parameters()
     amp = cfg.amp and device.type == "cuda"
@@ -168,8 +319,7 @@ def _run(cfg, model, opt, recipe, source, device, start, total, log, info) -> di
         opt.zero_grad(set_to_none=True)
         step_loss, metrics = 0.0, {}
         for micro in range(cfg.grad_accum):
-            idx = batch_indices(len(source), step, micro, cfg)
-            feats = source.get(idx, model).to(device)
+            feats, idx, source = fetch(step, micro)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, metrics = recipe.loss(model, feats, idx, step, source)
             (loss / cfg.grad_accum).backward()
@@ -182,9 +332,9 @@ def _run(cfg, model, opt, recipe, source, device, start, total, log, info) -> di
         log({"step": step + 1, "loss": step_loss, "lr": opt.param_groups[0]["lr"],
              "grad_norm": None if gnorm is None else float(gnorm), **metrics})
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-            _save(cfg, model, opt, step + 1, recipe)
+            _save(cfg, model, opt, step + 1, recipe, extra())
     train_s = time.perf_counter() - t0
-    _save(cfg, model, opt, max(end, start), recipe)
+    _save(cfg, model, opt, max(end, start), recipe, extra())
     if dist.rank() == 0 and end >= total:
         save_model(model, cfg.out_dir)
     summary = {"recipe": cfg.recipe, "steps": total, "start_step": start, "end_step": end,
@@ -194,7 +344,7 @@ def _run(cfg, model, opt, recipe, source, device, start, total, log, info) -> di
     return summary
 
 
-def _save(cfg, model, opt, step, recipe) -> None:
+def _save(cfg, model, opt, step, recipe, extra) -> None:
     if dist.rank() == 0:
-        save_checkpoint(cfg.out_dir, model, opt, step, cfg.to_dict(), recipe)
+        save_checkpoint(cfg.out_dir, model, opt, step, cfg.to_dict(), recipe, extra)
     dist.barrier()

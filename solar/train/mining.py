@@ -1,4 +1,4 @@
-"""Offline hard-negative mining by nearest neighbours (spec 1.4 "Negatives" 3, 3.1.14).
+"""Offline hard-negative mining by nearest neighbours (docs/method.md, "Stage 2": mined negatives).
 
 The "off-the-shelf retrieval models" are the frozen towers themselves [I]: the similarity of two
 documents is the mean of their image-global and text-global cosines.  For each document the

@@ -44,6 +44,19 @@ def generator(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def mpi_masks(B, N, seed, valid_2d):
+    """Positive and validity masks of multi_positive_infonce: every row has a positive, and
+    validity is per (row, column) or per column."""
+    g = generator(seed)
+    pos = torch.rand(B, N, generator=g) < 0.2
+    pos[torch.arange(B), torch.randint(0, N, (B,), generator=g)] = True
+    if valid_2d:
+        valid = (torch.rand(B, N, generator=g) < 0.7) | pos
+    else:
+        valid = (torch.rand(N, generator=g) < 0.7) | pos.any(0)
+    return pos, valid
+
+
 def pool_inputs(B, L, D, dtype=torch.float64, case="soft", seed=0, device="cpu"):
     """x (B, L, D) and weights (B, L) for one mask case; weights are bool for 'bool'."""
     g = generator(seed)

@@ -10,7 +10,7 @@ import solar
 import solar.ops
 from solar.ops import _native
 
-from common import assert_close, embeddings, generator, pool_inputs
+from common import assert_close, embeddings, generator, mpi_masks, pool_inputs
 
 pytestmark = pytest.mark.skipif(not _native.CPU_BUILT,
                                 reason=f"solar._csrc_cpu is not built ({_native.cpu_error})")
@@ -58,17 +58,6 @@ def _gcl(backend):
     return lambda i, t, f, s: solar.gcl_loss(i, t, f, s, backend=backend)
 
 
-def _mpi_masks(B, N, seed, valid_2d):
-    g = generator(seed)
-    pos = torch.rand(B, N, generator=g) < 0.2
-    pos[torch.arange(B), torch.randint(0, N, (B,), generator=g)] = True
-    if valid_2d:
-        valid = (torch.rand(B, N, generator=g) < 0.7) | pos
-    else:
-        valid = (torch.rand(N, generator=g) < 0.7) | pos.any(0)
-    return pos, valid
-
-
 # ----------------------------------------------------------------------------------- ISA builds
 def test_every_isa_build_agrees():
     """The avx512 / avx2 / generic builds each match the reference (those this CPU runs).
@@ -83,7 +72,7 @@ def test_every_isa_build_agrees():
     x, w = pool_inputs(3, 19, 45, dtype=F64)
     e = [embeddings(37, 45, seed=43 + k) for k in range(3)]
     c = embeddings(53, 45, seed=46)
-    pos, valid = _mpi_masks(37, 53, 47, valid_2d=True)
+    pos, valid = mpi_masks(37, 53, 47, valid_2d=True)
     s = torch.tensor(14.285714, dtype=F64)
 
     def mpi(backend):
@@ -118,7 +107,7 @@ def test_losses_on_two_threads_match_reference(rows, chunk_rows):
     e = [embeddings(51, 97, seed=53 + k) for k in range(3)]
     _compare(_gcl("cpu"), _gcl("torch"), [*e, s], "itfs")
     c = embeddings(173, 129, seed=56)
-    pos, valid = _mpi_masks(131, 173, 57, valid_2d=False)
+    pos, valid = mpi_masks(131, 173, 57, valid_2d=False)
     _compare(lambda a_, c_, t_: solar.multi_positive_infonce(a_, c_, pos, valid, t_,
                                                              backend="cpu"),
              lambda a_, c_, t_: solar.multi_positive_infonce(a_, c_, pos, valid, t_,

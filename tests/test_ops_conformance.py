@@ -31,7 +31,7 @@ from solar.ops import registry  # noqa: E402
 
 from common import (GCL_SHAPES, LOSS_SHAPES, MASK_CASES, MPI_SHAPES, NEG_SHAPES,  # noqa: E402
                     POOL_SHAPES, SCALES, TEMPERATURES, TOL, assert_close, embeddings, generator,
-                    noncontiguous, pool_inputs)
+                    mpi_masks, noncontiguous, pool_inputs)
 
 KERNEL_BACKENDS = ("cpu", "cuda", "triton")
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
@@ -161,17 +161,6 @@ def _gcl_cases():
                ("e_image", "e_text", "e_fused", "logit_scale"), run_strided)
 
 
-def _mpi_masks(B, N, seed, valid_2d):
-    g = generator(seed)
-    pos = torch.rand(B, N, generator=g) < 0.2
-    pos[torch.arange(B), torch.randint(0, N, (B,), generator=g)] = True
-    if valid_2d:
-        valid = (torch.rand(B, N, generator=g) < 0.7) | pos
-    else:
-        valid = (torch.rand(N, generator=g) < 0.7) | pos.any(0)
-    return pos, valid
-
-
 MPI_NAMES = ("anchors", "candidates", "positives", "valid", "temperature")
 
 
@@ -187,7 +176,7 @@ def _mpi_cases():
                            f"{B}x{N}x{D}-t{t:g}-valid{'2d' if valid_2d else '1d'}",
                            lambda B=B, N=N, D=D, t=t, v=valid_2d: [
                                embeddings(B, D, seed=30), embeddings(N, D, seed=31, duplicate=True),
-                               *_mpi_masks(B, N, B + N, v), _s(t)],
+                               *mpi_masks(B, N, B + N, v), _s(t)],
                            MPI_NAMES, _mpi,
                            low=(B, N, D) == (17, 40, 33) and t == 0.07 and valid_2d)
 

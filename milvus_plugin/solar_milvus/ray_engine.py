@@ -116,10 +116,21 @@ class _JobState:
         from .store import existing_ids
         return existing_ids(self.client, self.collection, ids)
 
-    def upsert(self, rows: list, retries: int) -> int:
-        from .store import upsert_rows
-        upsert_rows(self.client, self.collection, rows, retries)
-        return self.record([r["id"] for r in rows])
+    def upsert(self, rows: list, retries: int, locators: dict) -> int:
+        from .store import upsert_splitting
+        written, refused = upsert_splitting(self.client, self.collection, rows, retries)
+        self.add_refused(refused, locators)
+        return self.record([r["id"] for r in written]) if written else 0
+
+    def add_refused(self, refused: list, locators: dict) -> None:
+        """Quarantine the rows the store refused (locators: id -> (locator, source))."""
+        from solar.data import Quarantined
+
+        from .store import STORE_REJECTED
+        for row, reason in refused:
+            loc, src = locators.get(row["id"], (row["id"], row.get("source", "")))
+            self.quarantine.add(Quarantined(row["id"], loc, STORE_REJECTED,
+                                            f"{loc}: Milvus refused the row ({reason})", src))
 
     def record(self, ids: list) -> int:
         self.ledger.add(ids)
@@ -363,12 +374,17 @@ def _make_datasink(uri: str, token: str, collection: str, retries: int, state):
                     ray.get(state.add_quarantined.remote(bad))
                 if not rows:
                     continue
+                locators = {r["id"]: (r.get("image_uri") or r["id"], r.get("source", ""))
+                            for r in rows}
                 if is_local(uri):
-                    written += ray.get(state.upsert.remote(rows, retries))
+                    written += ray.get(state.upsert.remote(rows, retries, locators))
                 else:
-                    from .store import upsert_rows
-                    upsert_rows(_client(uri, token), collection, rows, retries)
-                    written += ray.get(state.record.remote([r["id"] for r in rows]))
+                    from .store import upsert_splitting
+                    ok, refused = upsert_splitting(_client(uri, token), collection, rows, retries)
+                    if refused:
+                        ray.get(state.add_refused.remote(refused, locators))
+                    if ok:
+                        written += ray.get(state.record.remote([r["id"] for r in ok]))
             return {"written": written}
 
     return MilvusDatasink()
@@ -387,14 +403,21 @@ def run_ray_ingest(cfg: RayIngestConfig) -> IngestSummary:
     t0 = time.perf_counter()
     job = shard_config(cfg.job, cfg.shard)
     uri, token = resolve_uri(job.uri, job.token)
+    if not is_local(uri):            # an unreachable server fails here, before Ray starts
+        from .store import connect
+        connect(uri, token).close()
     probe = cfg.embedder_factory()
     dim, fingerprint = probe.dim, probe.fingerprint
     del probe
     started = _ensure_ray(ray, cfg)
     ledger_path, q_path = job.paths()
     state = _start_state(ray, uri, token, job, dim, fingerprint, ledger_path, q_path)
+    counts: dict = {}
     try:
-        created, done = ray.get(state.start_info.remote())
+        try:
+            created, done = ray.get(state.start_info.remote())
+        except Exception as err:  # noqa: BLE001 - e.g. Milvus unreachable from the state actor
+            raise _unwrap(err) from None
         ds = _build_dataset(ray, cfg, job, uri, token, state, created, ray.put(done))
         try:
             ds.write_datasink(_make_datasink(uri, token, job.collection, job.retries, state),
@@ -402,7 +425,7 @@ def run_ray_ingest(cfg: RayIngestConfig) -> IngestSummary:
         except Exception as err:  # noqa: BLE001 - unwrap the store error from the Ray wrapper
             raise _unwrap(err) from None
     finally:
-        counts = ray.get(state.close.remote())
+        counts = _close_state(ray, state)
         _stop_actor(ray, state)
         if is_local(uri):
             _wait_unlocked(uri)
@@ -431,6 +454,14 @@ def _start_state(ray, uri, token, job, dim, fingerprint, ledger_path, q_path):
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
     return actor.remote(uri, token, job.collection, dim, fingerprint, job.index,
                         str(ledger_path), str(q_path), job.resume)
+
+
+def _close_state(ray, state) -> dict:
+    """The job state's final counts; {} when the actor already died (its error is raised)."""
+    try:
+        return ray.get(state.close.remote())
+    except Exception:  # noqa: BLE001 - the actor's own failure is what the caller reports
+        return {}
 
 
 def _stop_actor(ray, actor, limit_s: float = 30.0) -> None:

@@ -20,8 +20,7 @@ pytest.importorskip("milvus_lite")
 from solar.data import DecodeConfig, WebDatasetSource, content_id  # noqa: E402
 from solar_milvus.embedding import SolarEmbeddingFunction  # noqa: E402
 from solar_milvus.ingest import IngestConfig, ingest  # noqa: E402
-from solar_milvus.store import (STORE_REJECTED, connect, count, open_collection,  # noqa: E402
-                                upsert_splitting)
+from solar_milvus.store import connect, count, open_collection  # noqa: E402
 from test_milvus_common import HashEncoder, picture, png_bytes  # noqa: E402
 
 DEEP = 100_000                       # nesting levels of the poison JSON
@@ -194,6 +193,7 @@ def test_a_batch_the_store_refuses_is_split_to_find_the_bad_rows(tmp_path, monke
     """Metadata a reader let through but Milvus refuses (here: the reader's check switched off)
     costs only its own row: the batch is bisected, the row quarantined as store_rejected."""
     import solar.data.meta
+    from solar_milvus.store import STORE_REJECTED
     monkeypatch.setattr(solar.data.meta, "check_meta", lambda *a, **k: None)
     lines, good = [], set()
     for i in range(13):
@@ -323,6 +323,7 @@ def test_property_random_mixes_land_exactly(tmp_path):
 def test_property_store_bisection_finds_exactly_the_refused_rows(tmp_path):
     """Store layer alone: random batches mixing good rows with rows Milvus refuses (an integer
     beyond 64 bits, a vector of the wrong size, text over the field's max_length)."""
+    from solar_milvus.store import upsert_splitting
     client = connect(str(tmp_path / "bis.db"))
     open_collection(client, "b", 4, "fp")
     rng = random.Random(7)

@@ -189,22 +189,25 @@ def _raw_table(rows: list):
 
 def _read_unit(unit, shard, done_ref, state, rows_per_block: int):
     """Raw records of one unit as Arrow blocks; ids already in the ledger are counted and
-    dropped, duplicates within the unit are dropped as the single-process job drops them."""
+    dropped.  A later copy of a record of the unit is marked with the first one's locator and
+    resolved when decoded, as the single-process job does (skipped when the content is good,
+    quarantined with the first one's reason when it is bad)."""
     import ray
     done = ray.get(done_ref)
-    seen, rows, skipped = set(), [], 0
+    first, rows, skipped = {}, [], 0
     src = ShardedSource(unit, shard) if shard else unit
     for r in src:
-        if r.problem is None and (r.id in done or r.id in seen):
+        if r.problem is None and r.id in done:
             skipped += 1
             continue
-        if r.problem is None:
-            seen.add(r.id)
+        dup_of = first.get(r.id) if r.problem is None else None
+        if r.problem is None and dup_of is None:
+            first[r.id] = r.locator
         rows.append({"id": r.id, "locator": r.locator, "image": r.image, "text": r.text,
                      "image_uri": r.image_uri, "source": r.source,
                      "meta": json.dumps(r.meta, default=str),
-                     "q_kind": r.problem.kind if r.problem else None,
-                     "q_reason": r.problem.reason if r.problem else None})
+                     "q_kind": r.problem.kind if r.problem else (_DUP if dup_of else None),
+                     "q_reason": r.problem.reason if r.problem else dup_of})
         if len(rows) == rows_per_block:
             yield _raw_table(rows)
             rows = []
@@ -236,6 +239,7 @@ def _datasource(units, shard, done_ref, state, rows_per_block):
 
 # -- decode (CPU tasks) ---------------------------------------------------------------------------
 _CLIENTS: dict = {}
+_DUP = "__copy__"          # q_kind of a later copy of a record; q_reason holds the first locator
 
 
 def _client(uri: str, token: str):
@@ -255,22 +259,30 @@ def _decode_block(batch, decode_cfg, check_present, uri, token, collection, stat
     from solar.data.records import Problem
     rows = batch.to_pylist()
     if check_present:
-        ids = [r["id"] for r in rows if r["q_kind"] is None]
+        ids = [r["id"] for r in rows if r["q_kind"] in (None, _DUP)]
         stored = (ray.get(state.present.remote(ids)) if is_local(uri) else
                   _present(_client(uri, token), collection, ids)) if ids else set()
         if stored:
             state.add_counts.remote(skipped=len(stored))
-            rows = [r for r in rows if r["q_kind"] is not None or r["id"] not in stored]
-    out = []
+            rows = [r for r in rows if r["q_kind"] not in (None, _DUP) or r["id"] not in stored]
+    out, copies = [], 0
     for r in rows:
-        prob = Problem(r["q_kind"], r["q_reason"]) if r["q_kind"] else None
-        raw = RawRecord(r["id"], r["locator"], r["image"], r["text"], r["image_uri"], r["source"],
-                        json.loads(r["meta"]), prob)
+        dup_of = r["q_reason"] if r["q_kind"] == _DUP else None
+        prob = Problem(r["q_kind"], r["q_reason"]) if r["q_kind"] and not dup_of else None
+        raw = RawRecord(r["id"], dup_of or r["locator"], r["image"], r["text"], r["image_uri"],
+                        r["source"], json.loads(r["meta"]), prob)
         d = decode_record(raw, decode_cfg)
-        if isinstance(d, Quarantined):
+        if dup_of and not isinstance(d, Quarantined):
+            copies += 1                               # the first one is stored
+        elif dup_of:
+            out.append(_decoded_row(r, None, None, d.kind, f"{r['locator']}: same content as "
+                                    f"{dup_of}, which was quarantined: {d.reason}"))
+        elif isinstance(d, Quarantined):
             out.append(_decoded_row(r, None, None, d.kind, d.reason))
         else:
             out.append(_decoded_row(r, d.image, d.text, None, None))
+    if copies:
+        state.add_counts.remote(skipped=copies)
     return pa.Table.from_pylist(out, schema=_decoded_schema()) if out else \
         _decoded_schema().empty_table()
 

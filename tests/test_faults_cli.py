@@ -123,7 +123,8 @@ def runs(tmp_path_factory):
         ("bad_filter", "", base + ["--filter", "meta[ == 3"]),
         ("unknown_field", "", base + ["--filter", "nofield == 3"]),
         ("verbose", "", ["--verbose"] + base + ["--filter", "nofield == 3"]),
-        ("plain_file", "", ["search", "-t", "x", "--model", MODEL, "--uri", str(root / "plain.db")]),
+        ("plain_file", "", ["search", "-t", "x", "--model", MODEL,
+                            "--uri", str(root / "plain.db")]),
         ("checkpoint", "", ["search", "-t", "x", "--uri", uri, "--model", str(ck)]),
         ("missing_db", "", ["search", "-t", "x", "--model", MODEL,
                             "--uri", str(root / "new" / "nothing.db")]),
@@ -207,7 +208,7 @@ def test_search_never_creates_a_database(runs):
     assert not (runs["root"] / "new").exists()
 
 
-# -- Ctrl-C and kill -9 leave nothing behind ---------------------------------------------------------
+# -- Ctrl-C and kill -9 leave nothing behind -------------------------------------------------
 def _children(pid: int) -> set:
     """Live descendants of ``pid`` (from /proc; zombies count as gone)."""
     parents = {}

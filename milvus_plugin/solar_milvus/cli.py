@@ -110,7 +110,8 @@ def ingest(sources, uri, token, collection, model, device, batch_size, workers, 
     else:
         click.echo(terminal_safe(summary))
         if summary.quarantined:
-            click.echo(f"quarantined records and reasons: {terminal_safe(summary.quarantine_path)}")
+            path = terminal_safe(summary.quarantine_path)
+            click.echo(f"quarantined records and reasons: {path}")
 
 
 @click.command()

@@ -37,7 +37,7 @@ def _env(**kw) -> dict:
     return env
 
 
-def _cli(*args, timeout: float = WAIT_S, **kw) -> subprocess.CompletedProcess:
+def _cli(*args, timeout: float = START_WAIT_S, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "solar.cli", *map(str, args)], env=_env(),
                           capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -138,7 +138,7 @@ def runs(tmp_path_factory):
         ("dev_zero", "special", ["search", "-i", "/dev/zero", "--uri", uri, "--model", MODEL]),
     ]
     r = subprocess.run([sys.executable, "-c", HARNESS, json.dumps(cases)], env=_env(),
-                       capture_output=True, text=True, timeout=600, cwd=root)
+                       capture_output=True, text=True, timeout=2 * START_WAIT_S, cwd=root)
     assert "RESULTS" in r.stdout, r.stderr[-3000:]
     res = json.loads(r.stdout.split("RESULTS", 1)[1])
     assert res["ingest"][0] == 0, res["ingest"]
@@ -285,7 +285,7 @@ def test_ctrl_c_is_one_line_and_leaves_no_worker(tmp_path):
     proc, kids = _start_job(tmp_path)
     try:
         os.killpg(proc.pid, signal.SIGINT)        # as a terminal does: the whole group
-        out, err = proc.communicate(timeout=WAIT_S)
+        out, err = proc.communicate(timeout=START_WAIT_S)
         left = _wait_gone(kids)
     finally:
         _reap(proc, kids)

@@ -25,7 +25,6 @@ TESTS = Path(__file__).resolve().parent
 MODEL = "test_milvus_common:HashEncoder"
 ESCAPES = "\x1b]0;pwned\x07 retitle \x1b[2J clear \x9b31m csi \u202e bidi \x07 bell"
 CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-WAIT_S = 120
 START_WAIT_S = 600         # a job's start (imports, model, workers) on a crowded machine
 
 

@@ -10,6 +10,7 @@ handles it) and exit by themselves when the parent process dies, even by SIGKILL
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -57,6 +58,22 @@ def worker_init(parent_pid: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="solar-parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while worker processes start (main thread only, where signal dispositions
+    can change): an ignored signal stays ignored in a spawned child and Python keeps it so, so a
+    Ctrl-C that arrives while a worker is still importing (before worker_init runs) cannot print
+    a KeyboardInterrupt traceback from it.  Starting the processes takes milliseconds."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class _Failure:
@@ -197,8 +214,9 @@ class DecodePipeline:
             import multiprocessing as mp
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                              initializer=worker_init, initargs=(os.getpid(),))
-            for _ in range(self.workers):
-                self._pool.submit(decode_many, [], self.cfg)
+            with _sigint_ignored():           # workers are started by these submits
+                for _ in range(self.workers):
+                    self._pool.submit(decode_many, [], self.cfg)
 
     def _emit(self, job) -> bool:
         kind, value, chunk = job

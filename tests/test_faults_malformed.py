@@ -224,7 +224,7 @@ def test_malformed_inputs_are_quarantined_and_good_ones_kept(milvus_server, tmp_
     assert expect <= set(ids)                                      # no good record lost
     entries = read_jsonl(q)
     assert all(e["reason"] and e["kind"] and e["locator"] for e in entries)
-    firsts, dups = _first_of_each_content(cfg.sources)
+    firsts, dups = _first_of_each_content(cfg.sources, expect)
     for stem in bad:                                               # each bad file is named
         locs = [loc for loc in firsts if f"/{stem}." in loc]
         assert all(any(e["locator"] == loc for e in entries) for loc in locs), stem
@@ -233,7 +233,7 @@ def test_malformed_inputs_are_quarantined_and_good_ones_kept(milvus_server, tmp_
     lines = {int(e["locator"].rsplit(":", 1)[1]) for e in entries
              if e["locator"].startswith(str(manifest) + ":")}
     assert lines == {n for n in m_bad if f"{manifest}:{n}" in firsts}
-    assert s.skipped == dups          # identical bad files (e.g. all-empty ones) count once
+    assert s.skipped == dups          # only copies of good ones; copies of bad ones are named
     for name in ("b_truncated", "c_not_a_tar", "d_corrupt_member"):
         assert any(name in e["locator"] or name in e["reason"] for e in entries), name
     assert not set(ids) & {e["id"] for e in entries}               # nothing both stored and bad
@@ -242,15 +242,15 @@ def test_malformed_inputs_are_quarantined_and_good_ones_kept(milvus_server, tmp_
     assert s.ingested == len(ids) and s.quarantined == len(entries)
 
 
-def _first_of_each_content(specs) -> tuple:
-    """Locators of the records whose content was not seen earlier in reading order (the job
-    quarantines or stores these; an identical later one, such as a second empty document, is
-    skipped as a duplicate), and the number of such duplicates."""
+def _first_of_each_content(specs, good: set) -> tuple:
+    """Locators of the records the job stores or quarantines (all but later copies of a good
+    document, which are skipped as already stored; a copy of a bad one, such as a second empty
+    document, is quarantined too), and the number of skipped copies."""
     from solar.data import open_source
     seen, firsts, dups = set(), set(), 0
     for spec in specs:
         for r in open_source(spec):
-            if r.problem is None and r.id in seen:
+            if r.problem is None and r.id in seen and r.id in good:
                 dups += 1
                 continue
             seen.add(r.id)

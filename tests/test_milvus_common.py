@@ -51,6 +51,12 @@ class HashEncoder:
                             dtype=torch.float32)
 
 
+def slow_encoder() -> HashEncoder:
+    """A HashEncoder that takes 0.3 s per batch (``--model test_milvus_common:slow_encoder``),
+    so a job is still running when a test interrupts or kills it."""
+    return HashEncoder(delay=0.3)
+
+
 # -- corpus ----------------------------------------------------------------------------------
 WORDS = ["apple", "boat", "cactus", "dragon", "engine", "falcon", "guitar", "harbor", "igloo",
          "jaguar", "kettle", "lantern"]

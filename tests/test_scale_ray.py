@@ -63,9 +63,10 @@ def test_ray_matches_single_process_job_on_server(local_ray, milvus_server, tmp_
         va, vb = np.asarray(a[k].pop("vector")), np.asarray(b[k].pop("vector"))
         assert a[k] == b[k]
         np.testing.assert_allclose(vb, va, rtol=0, atol=1e-6)
-    qa = {e["id"]: e for e in read_jsonl(tmp_path / "single.q.jsonl")}
-    qb = {e["id"]: e for e in read_jsonl(tmp_path / "viaray.q.jsonl")}
-    assert qa == qb and len(qb) >= 150
+    key = lambda e: (e["id"], e["locator"], e["kind"], e["reason"])  # noqa: E731
+    qa = sorted(map(key, read_jsonl(tmp_path / "single.q.jsonl")))
+    qb = sorted(map(key, read_jsonl(tmp_path / "viaray.q.jsonl")))
+    assert qa == qb and len(qb) >= 150                # copies of bad records included
     assert s.ingested == single.ingested == len(b) and s.quarantined == single.quarantined
     again = run_ray_ingest(_ray_cfg(_job(milvus_server.uri, srcs, tmp_path, "viaray")))
     assert again.ingested == 0 and again.skipped >= len(b)       # the ledger is honoured

@@ -10,6 +10,7 @@ import json
 
 import click
 
+from solar.console import is_verbose, json_safe, one_line, terminal_safe
 from solar.data.decode import DEFAULT_MAX_PIXELS
 
 from .store import DEFAULT_COLLECTION, DEFAULT_URI, INDEX_TYPES
@@ -34,16 +35,17 @@ def _store_options(f):
 
 
 def _run(fn, *args, **kw):
-    """Call a library function; bad input is a usage error, store trouble a plain error."""
+    """Call a library function; bad input is a usage error, store trouble a plain error (each one
+    terminal-safe line).  Anything else goes to the command group's one-line error path."""
     from .store import SchemaMismatchError, StoreError
     try:
         return fn(*args, **kw)
-    except SchemaMismatchError as err:
-        raise click.ClickException(str(err)) from None
-    except (ConnectionError, StoreError) as err:
-        raise click.ClickException(str(err)) from None
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+    except (ConnectionError, StoreError, ValueError) as err:
+        if is_verbose():
+            raise
+        if isinstance(err, (SchemaMismatchError, ConnectionError, StoreError)):
+            raise click.ClickException(one_line(err)) from None
+        raise click.UsageError(one_line(err)) from None
 
 
 @click.command()
@@ -104,11 +106,12 @@ def ingest(sources, uri, token, collection, model, device, batch_size, workers, 
         embedder = _run(load_embedder, model, device, batch_size, cfg.decode)
         summary = _run(run_ingest, embedder, shard_config(cfg, shard))
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), indent=2))
+        click.echo(json_safe(json.dumps(summary.to_dict(), indent=2)))
     else:
-        click.echo(str(summary))
+        click.echo(terminal_safe(summary))
         if summary.quarantined:
-            click.echo(f"quarantined records and reasons: {summary.quarantine_path}")
+            path = terminal_safe(summary.quarantine_path)
+            click.echo(f"quarantined records and reasons: {path}")
 
 
 @click.command()
@@ -135,15 +138,17 @@ def search(text, image, uri, token, collection, model, device, top_k, filter_exp
     from .store import connect
     query = _run(as_document, {"text": text, "image": image})
     embedder = _run(load_embedder, model, device)
-    client = _run(connect, uri, token)
+    client = _run(connect, uri, token, create=False)      # searching never creates a database
     hits = _run(lambda: Searcher(client, collection, embedder).search([query], top_k,
                                                                        filter_expr)[0])
+    # Stored text is data, not terminal commands: control characters are shown escaped.
     if as_json:
-        click.echo(json.dumps([h.to_dict() for h in hits], indent=2, ensure_ascii=False))
+        click.echo(json_safe(json.dumps([h.to_dict() for h in hits], indent=2,
+                                        ensure_ascii=False)))
     else:
         for r, h in enumerate(hits, 1):
-            label = (h.text or h.image_uri).replace("\n", " ")[:100]
-            click.echo(f"{r:3d}  {h.score:.4f}  {h.id[:12]}  {label}")
+            label = terminal_safe((h.text or h.image_uri).replace("\n", " ")[:100])
+            click.echo(f"{r:3d}  {h.score:.4f}  {terminal_safe(h.id[:12])}  {label}")
         if not hits:
             click.echo("no results")
     if html_path:

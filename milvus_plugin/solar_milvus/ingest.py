@@ -18,9 +18,9 @@ from solar.data import DecodeConfig, DecodedRecord, Quarantined, open_source
 
 from .ledger import Ledger, QuarantineFile, default_state_dir
 from .pipeline import DecodePipeline, Skipped
-from .store import (DEFAULT_COLLECTION, IndexSpec, SOURCE_MAX, TEXT_MAX, URI_MAX, clean_json,
-                    clip_utf8, connect, existing_ids, open_collection, redact, resolve_uri,
-                    upsert_rows)
+from .store import (DEFAULT_COLLECTION, SOURCE_MAX, STORE_REJECTED, TEXT_MAX, URI_MAX, IndexSpec,
+                    clean_json, clip_utf8, connect, existing_ids, open_collection, redact,
+                    resolve_uri, upsert_splitting)
 
 ENCODE_FAILED = "encode_failed"
 
@@ -108,34 +108,52 @@ class IngestSummary:
                 f"({self.docs_per_s:.1f} docs/s)")
 
 
-class _Writer(threading.Thread):
-    """Upserts encoded batches in the background and records them in the ledger once acked."""
+class IngestInterrupted(KeyboardInterrupt):
+    """The job was stopped by Ctrl-C (still a KeyboardInterrupt); the message says what was
+    stored and how to resume."""
 
-    def __init__(self, client, collection: str, ledger: Ledger, retries: int):
+
+class _Writer(threading.Thread):
+    """Upserts encoded batches in the background and records them in the ledger once acked.
+    Rows the store refuses are found by bisection and quarantined; the rest of the batch lands."""
+
+    def __init__(self, client, collection: str, ledger: Ledger, retries: int,
+                 quarantine: QuarantineFile):
         super().__init__(name="solar-upsert", daemon=True)
         self.client, self.collection, self.ledger, self.retries = client, collection, ledger, retries
+        self.quarantine = quarantine
         self.q: queue.Queue = queue.Queue(maxsize=2)
         self.written = 0
         self.error: Optional[BaseException] = None
 
     def run(self) -> None:
         while True:
-            rows = self.q.get()
-            if rows is None:
+            item = self.q.get()
+            if item is None:
                 return
             if self.error is not None:
                 continue
             try:
-                upsert_rows(self.client, self.collection, rows, self.retries)
-                self.ledger.add(r["id"] for r in rows)
-                self.written += len(rows)
+                self._write(*item)
             except BaseException as err:  # noqa: BLE001 - raised in the main thread
                 self.error = err
 
-    def put(self, rows: list) -> None:
+    def _write(self, rows: list, recs: list) -> None:
+        written, refused = upsert_splitting(self.client, self.collection, rows, self.retries)
+        where = {r.id: r for r in recs}
+        for row, reason in refused:
+            rec = where[row["id"]]
+            self.quarantine.add(Quarantined(rec.id, rec.locator, STORE_REJECTED,
+                                            f"{rec.locator}: Milvus refused the row ({reason})",
+                                            rec.source))
+        if written:
+            self.ledger.add(r["id"] for r in written)
+            self.written += len(written)
+
+    def put(self, rows: list, recs: list) -> None:
         if self.error is not None:
             raise self.error
-        self.q.put(rows)
+        self.q.put((rows, recs))
 
     def finish(self) -> None:
         self.q.put(None)
@@ -189,7 +207,7 @@ def ingest(embedder, cfg: IngestConfig, client=None) -> IngestSummary:
     ledger.open(fresh=created or not cfg.resume)
     quarantine = QuarantineFile(q_path)
     present = None if created else (lambda ids: existing_ids(client, cfg.collection, ids))
-    writer = _Writer(client, cfg.collection, ledger, cfg.retries)
+    writer = _Writer(client, cfg.collection, ledger, cfg.retries, quarantine)
     writer.start()
     s = IngestSummary(collection=cfg.collection, quarantine_path=str(q_path),
                       ledger_path=str(ledger_path))
@@ -211,6 +229,12 @@ def ingest(embedder, cfg: IngestConfig, client=None) -> IngestSummary:
                 _tick(bar, s, quarantine, t0)
             _flush(embedder, batch, writer, quarantine, s)
         writer.finish()
+    except KeyboardInterrupt:
+        _drain(writer)
+        raise IngestInterrupted(
+            f"{writer.written} documents stored in {cfg.collection!r} this run "
+            f"(every acknowledged batch is in the ledger {ledger_path}); run the same command "
+            f"again to resume") from None
     finally:
         if writer.is_alive():
             writer.q.put(None)
@@ -232,8 +256,19 @@ def _flush(embedder, batch: list, writer: _Writer, quarantine: QuarantineFile,
     recs, vecs = encode_records(embedder, batch, quarantine)
     s.encode_seconds += time.perf_counter() - t
     if recs:
-        writer.put([record_row(r, v, embedder.fingerprint) for r, v in zip(recs, vecs)])
+        writer.put([record_row(r, v, embedder.fingerprint) for r, v in zip(recs, vecs)], recs)
     s.ingested += len(recs)          # provisional, for the progress bar
+
+
+def _drain(writer: _Writer) -> None:
+    """After Ctrl-C: let the batches already handed to the writer land (a second Ctrl-C stops
+    waiting)."""
+    try:
+        if writer.is_alive():
+            writer.q.put(None)
+            writer.join()
+    except KeyboardInterrupt:
+        pass
 
 
 class _Chain:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Iterable
 
@@ -99,13 +100,16 @@ class QuarantineFile:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "w", encoding="utf-8")
+        self._lock = threading.Lock()     # the reader loop and the upsert thread both add
         self.count = 0
 
     def add(self, q) -> None:
-        self._f.write(json.dumps(q.to_json(), ensure_ascii=False,
-                                 default=str).encode("utf-8", "replace").decode("utf-8") + "\n")
-        self._f.flush()
-        self.count += 1
+        line = json.dumps(q.to_json(), ensure_ascii=False,
+                          default=str).encode("utf-8", "replace").decode("utf-8") + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+            self.count += 1
 
     def close(self) -> None:
         self._f.close()

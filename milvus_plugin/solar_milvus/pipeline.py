@@ -1,23 +1,31 @@
 """The read -> skip -> decode stage of ingestion, running ahead of the encoder.
 
-A producer thread reads raw records from the sources, drops those already done (in the ledger,
-already stored, or seen earlier in this run), and decodes the rest in worker processes (in order,
-a bounded number of chunks in flight).  The encoder loop pulls DecodedRecord / Quarantined items
-from a bounded queue.  A worker that dies (a decoder crash) costs only the record that killed it.
+A producer thread reads raw records from the sources, drops those already done (in the ledger
+or already stored), and decodes the rest in worker processes (in order, a bounded number of chunks
+in flight).  A record whose content was seen earlier in this run is not decoded again: it is
+skipped when the first one was good and quarantined with the first one's reason when it was bad.
+The encoder loop pulls DecodedRecord / Quarantined items from a bounded queue.  A worker that
+dies (a decoder crash) costs only the record that killed it.  Workers ignore Ctrl-C (the parent
+handles it) and exit by themselves when the parent process dies, even by SIGKILL.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Optional
 
-from solar.data import DecodeConfig, Quarantined, decode_many
+from solar.data import DecodeConfig, Quarantined, RawRecord, decode_many
 from solar.data.records import CORRUPT_IMAGE
 
 _END = object()
+PARENT_POLL_S = 0.5
 
 
 @dataclass
@@ -25,6 +33,47 @@ class Skipped:
     """A record not decoded because it is already stored."""
     id: str
     locator: str
+
+
+@dataclass
+class _Duplicate:
+    """A record with the same content as an earlier one of this run (resolved in order)."""
+    id: str
+    locator: str
+    source: str
+
+
+def worker_init(parent_pid: int) -> None:
+    """Run in each decode worker: ignore SIGINT (Ctrl-C reaches the whole process group; the
+    parent stops the job) and exit as soon as the parent is gone.  A worker blocks on a queue
+    whose write end it holds itself, so it never sees the parent's pipe close: a thread checks
+    the parent instead (a dead parent's children are re-parented, so getppid changes)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="solar-parent-watch", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while worker processes start (main thread only, where signal dispositions
+    can change): an ignored signal stays ignored in a spawned child and Python keeps it so, so a
+    Ctrl-C that arrives while a worker is still importing (before worker_init runs) cannot print
+    a KeyboardInterrupt traceback from it.  Starting the processes takes milliseconds."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class _Failure:
@@ -50,6 +99,7 @@ class DecodePipeline:
         self.workers, self.chunk = workers, chunk
         self._q: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
+        self._bad: dict = {}          # content id -> Quarantined, for duplicates of bad records
         self._pool: Optional[ProcessPoolExecutor] = None
         self._thread = threading.Thread(target=self._produce, name="solar-decode", daemon=True)
 
@@ -113,7 +163,7 @@ class DecodePipeline:
 
     def _chunks(self) -> Iterator[list]:
         """Raw records to decode, in chunks; skipped ones are emitted directly."""
-        seen = set(self.done)
+        seen: set = set()
         pending: list = []
         for src in self.sources:
             for raw in src:
@@ -126,19 +176,23 @@ class DecodePipeline:
         yield from self._filter(pending, seen)
 
     def _filter(self, raws: list, seen: set) -> Iterator[list]:
-        candidates = [r.id for r in raws if r.problem is None and r.id not in seen]
+        candidates = [r.id for r in raws
+                      if r.problem is None and r.id not in seen and r.id not in self.done]
         stored = self.present(candidates) if self.present and candidates else set()
         keep = []
         for r in raws:
-            if r.problem is None and (r.id in seen or r.id in stored):
+            if r.problem is None and (r.id in self.done or r.id in stored):
                 if keep:
                     yield keep
                     keep = []
                 self._put(Skipped(r.id, r.locator))
                 continue
-            if r.problem is None:
-                seen.add(r.id)
-            keep.append(r)
+            if r.problem is None and r.id in seen:
+                keep.append(_Duplicate(r.id, r.locator, r.source))
+            else:
+                if r.problem is None:
+                    seen.add(r.id)
+                keep.append(r)
             if len(keep) == self.chunk:
                 yield keep
                 keep = []
@@ -146,10 +200,11 @@ class DecodePipeline:
             yield keep
 
     def _submit(self, chunk: list):
-        if self.workers == 0:
-            return ("done", decode_many(chunk, self.cfg), chunk)
+        raws = [r for r in chunk if isinstance(r, RawRecord)]
+        if self.workers == 0 or (chunk and not raws):
+            return ("done", decode_many(raws, self.cfg), chunk)
         self._ensure_pool()
-        return ("future", self._pool.submit(decode_many, chunk, self.cfg), chunk)
+        return ("future", self._pool.submit(decode_many, raws, self.cfg), chunk)
 
     def _ensure_pool(self) -> None:
         """Spawned workers (isolated from decoder crashes) take seconds to start, as they
@@ -157,9 +212,11 @@ class DecodePipeline:
         read."""
         if self._pool is None and self.workers > 0:
             import multiprocessing as mp
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-            for _ in range(self.workers):
-                self._pool.submit(decode_many, [], self.cfg)
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=worker_init, initargs=(os.getpid(),))
+            with _sigint_ignored():           # workers are started by these submits
+                for _ in range(self.workers):
+                    self._pool.submit(decode_many, [], self.cfg)
 
     def _emit(self, job) -> bool:
         kind, value, chunk = job
@@ -169,18 +226,35 @@ class DecodePipeline:
             except BrokenProcessPool:
                 value = self._decode_singly(chunk)
             except Exception:  # noqa: BLE001 - e.g. a result that could not be pickled
-                value = decode_many(chunk, self.cfg)
-        for item in value:
+                value = decode_many([r for r in chunk if isinstance(r, RawRecord)], self.cfg)
+        for item in self._in_order(chunk, value):
             if not self._put(item):
                 return False
         return True
+
+    def _in_order(self, chunk: list, decoded: list) -> Iterator:
+        """The chunk's items in source order: decoded results in place of the raw records, and
+        each duplicate resolved against the first record of its content (quarantined with the
+        same reason when that one was bad, else skipped)."""
+        results = iter(decoded)
+        for r in chunk:
+            if isinstance(r, _Duplicate):
+                q = self._bad.get(r.id)
+                yield (Skipped(r.id, r.locator) if q is None else
+                       Quarantined(r.id, r.locator, q.kind, f"{r.locator}: same content as "
+                                   f"{q.locator}, which was quarantined: {q.reason}", r.source))
+                continue
+            item = next(results)
+            if isinstance(item, Quarantined):
+                self._bad[item.id] = item
+            yield item
 
     def _decode_singly(self, chunk: list) -> list:
         """After a worker died: each record of the chunk alone in a fresh pool, so only the one
         that kills a worker again is quarantined."""
         out = []
         self._shutdown_pool()
-        for raw in chunk:
+        for raw in (r for r in chunk if isinstance(r, RawRecord)):
             try:
                 out += self._submit([raw])[1].result()
             except BrokenProcessPool:

@@ -116,10 +116,21 @@ class _JobState:
         from .store import existing_ids
         return existing_ids(self.client, self.collection, ids)
 
-    def upsert(self, rows: list, retries: int) -> int:
-        from .store import upsert_rows
-        upsert_rows(self.client, self.collection, rows, retries)
-        return self.record([r["id"] for r in rows])
+    def upsert(self, rows: list, retries: int, locators: dict) -> int:
+        from .store import upsert_splitting
+        written, refused = upsert_splitting(self.client, self.collection, rows, retries)
+        self.add_refused(refused, locators)
+        return self.record([r["id"] for r in written]) if written else 0
+
+    def add_refused(self, refused: list, locators: dict) -> None:
+        """Quarantine the rows the store refused (locators: id -> (locator, source))."""
+        from solar.data import Quarantined
+
+        from .store import STORE_REJECTED
+        for row, reason in refused:
+            loc, src = locators.get(row["id"], (row["id"], row.get("source", "")))
+            self.quarantine.add(Quarantined(row["id"], loc, STORE_REJECTED,
+                                            f"{loc}: Milvus refused the row ({reason})", src))
 
     def record(self, ids: list) -> int:
         self.ledger.add(ids)
@@ -178,22 +189,25 @@ def _raw_table(rows: list):
 
 def _read_unit(unit, shard, done_ref, state, rows_per_block: int):
     """Raw records of one unit as Arrow blocks; ids already in the ledger are counted and
-    dropped, duplicates within the unit are dropped as the single-process job drops them."""
+    dropped.  A later copy of a record of the unit is marked with the first one's locator and
+    resolved when decoded, as the single-process job does (skipped when the content is good,
+    quarantined with the first one's reason when it is bad)."""
     import ray
     done = ray.get(done_ref)
-    seen, rows, skipped = set(), [], 0
+    first, rows, skipped = {}, [], 0
     src = ShardedSource(unit, shard) if shard else unit
     for r in src:
-        if r.problem is None and (r.id in done or r.id in seen):
+        if r.problem is None and r.id in done:
             skipped += 1
             continue
-        if r.problem is None:
-            seen.add(r.id)
+        dup_of = first.get(r.id) if r.problem is None else None
+        if r.problem is None and dup_of is None:
+            first[r.id] = r.locator
         rows.append({"id": r.id, "locator": r.locator, "image": r.image, "text": r.text,
                      "image_uri": r.image_uri, "source": r.source,
                      "meta": json.dumps(r.meta, default=str),
-                     "q_kind": r.problem.kind if r.problem else None,
-                     "q_reason": r.problem.reason if r.problem else None})
+                     "q_kind": r.problem.kind if r.problem else (_DUP if dup_of else None),
+                     "q_reason": r.problem.reason if r.problem else dup_of})
         if len(rows) == rows_per_block:
             yield _raw_table(rows)
             rows = []
@@ -225,6 +239,7 @@ def _datasource(units, shard, done_ref, state, rows_per_block):
 
 # -- decode (CPU tasks) ---------------------------------------------------------------------------
 _CLIENTS: dict = {}
+_DUP = "__copy__"          # q_kind of a later copy of a record; q_reason holds the first locator
 
 
 def _client(uri: str, token: str):
@@ -244,22 +259,30 @@ def _decode_block(batch, decode_cfg, check_present, uri, token, collection, stat
     from solar.data.records import Problem
     rows = batch.to_pylist()
     if check_present:
-        ids = [r["id"] for r in rows if r["q_kind"] is None]
+        ids = [r["id"] for r in rows if r["q_kind"] in (None, _DUP)]
         stored = (ray.get(state.present.remote(ids)) if is_local(uri) else
                   _present(_client(uri, token), collection, ids)) if ids else set()
         if stored:
             state.add_counts.remote(skipped=len(stored))
-            rows = [r for r in rows if r["q_kind"] is not None or r["id"] not in stored]
-    out = []
+            rows = [r for r in rows if r["q_kind"] not in (None, _DUP) or r["id"] not in stored]
+    out, copies = [], 0
     for r in rows:
-        prob = Problem(r["q_kind"], r["q_reason"]) if r["q_kind"] else None
-        raw = RawRecord(r["id"], r["locator"], r["image"], r["text"], r["image_uri"], r["source"],
-                        json.loads(r["meta"]), prob)
+        dup_of = r["q_reason"] if r["q_kind"] == _DUP else None
+        prob = Problem(r["q_kind"], r["q_reason"]) if r["q_kind"] and not dup_of else None
+        raw = RawRecord(r["id"], dup_of or r["locator"], r["image"], r["text"], r["image_uri"],
+                        r["source"], json.loads(r["meta"]), prob)
         d = decode_record(raw, decode_cfg)
-        if isinstance(d, Quarantined):
+        if dup_of and not isinstance(d, Quarantined):
+            copies += 1                               # the first one is stored
+        elif dup_of:
+            out.append(_decoded_row(r, None, None, d.kind, f"{r['locator']}: same content as "
+                                    f"{dup_of}, which was quarantined: {d.reason}"))
+        elif isinstance(d, Quarantined):
             out.append(_decoded_row(r, None, None, d.kind, d.reason))
         else:
             out.append(_decoded_row(r, d.image, d.text, None, None))
+    if copies:
+        state.add_counts.remote(skipped=copies)
     return pa.Table.from_pylist(out, schema=_decoded_schema()) if out else \
         _decoded_schema().empty_table()
 
@@ -363,12 +386,17 @@ def _make_datasink(uri: str, token: str, collection: str, retries: int, state):
                     ray.get(state.add_quarantined.remote(bad))
                 if not rows:
                     continue
+                locators = {r["id"]: (r.get("image_uri") or r["id"], r.get("source", ""))
+                            for r in rows}
                 if is_local(uri):
-                    written += ray.get(state.upsert.remote(rows, retries))
+                    written += ray.get(state.upsert.remote(rows, retries, locators))
                 else:
-                    from .store import upsert_rows
-                    upsert_rows(_client(uri, token), collection, rows, retries)
-                    written += ray.get(state.record.remote([r["id"] for r in rows]))
+                    from .store import upsert_splitting
+                    ok, refused = upsert_splitting(_client(uri, token), collection, rows, retries)
+                    if refused:
+                        ray.get(state.add_refused.remote(refused, locators))
+                    if ok:
+                        written += ray.get(state.record.remote([r["id"] for r in ok]))
             return {"written": written}
 
     return MilvusDatasink()
@@ -387,14 +415,21 @@ def run_ray_ingest(cfg: RayIngestConfig) -> IngestSummary:
     t0 = time.perf_counter()
     job = shard_config(cfg.job, cfg.shard)
     uri, token = resolve_uri(job.uri, job.token)
+    if not is_local(uri):            # an unreachable server fails here, before Ray starts
+        from .store import connect
+        connect(uri, token).close()
     probe = cfg.embedder_factory()
     dim, fingerprint = probe.dim, probe.fingerprint
     del probe
     started = _ensure_ray(ray, cfg)
     ledger_path, q_path = job.paths()
     state = _start_state(ray, uri, token, job, dim, fingerprint, ledger_path, q_path)
+    counts: dict = {}
     try:
-        created, done = ray.get(state.start_info.remote())
+        try:
+            created, done = ray.get(state.start_info.remote())
+        except Exception as err:  # noqa: BLE001 - e.g. Milvus unreachable from the state actor
+            raise _unwrap(err) from None
         ds = _build_dataset(ray, cfg, job, uri, token, state, created, ray.put(done))
         try:
             ds.write_datasink(_make_datasink(uri, token, job.collection, job.retries, state),
@@ -402,7 +437,7 @@ def run_ray_ingest(cfg: RayIngestConfig) -> IngestSummary:
         except Exception as err:  # noqa: BLE001 - unwrap the store error from the Ray wrapper
             raise _unwrap(err) from None
     finally:
-        counts = ray.get(state.close.remote())
+        counts = _close_state(ray, state)
         _stop_actor(ray, state)
         if is_local(uri):
             _wait_unlocked(uri)
@@ -431,6 +466,14 @@ def _start_state(ray, uri, token, job, dim, fingerprint, ledger_path, q_path):
         scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
     return actor.remote(uri, token, job.collection, dim, fingerprint, job.index,
                         str(ledger_path), str(q_path), job.resume)
+
+
+def _close_state(ray, state) -> dict:
+    """The job state's final counts; {} when the actor already died (its error is raised)."""
+    try:
+        return ray.get(state.close.remote())
+    except Exception:  # noqa: BLE001 - the actor's own failure is what the caller reports
+        return {}
 
 
 def _stop_actor(ray, actor, limit_s: float = 30.0) -> None:

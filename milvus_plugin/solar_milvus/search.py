@@ -63,7 +63,8 @@ class Searcher:
                                      consistency_level="Strong")
         except MilvusException as err:
             if filter:
-                raise ValueError(f"filter {filter!r} was rejected: {err.message}") from None
+                raise ValueError(f"filter {filter!r} was rejected: "
+                                 f"{_filter_message(err.message, filter)}") from None
             raise
         return [[_hit(h) for h in hits] for hits in res]
 
@@ -73,3 +74,12 @@ def _hit(h: dict) -> Hit:
     return Hit(id=str(h.get(PK, e.get(PK))), score=float(h["distance"]), text=e.get("text", ""),
                image_uri=e.get("image_uri", ""), source=e.get("source", ""),
                meta=e.get("meta") or {})
+
+
+def _filter_message(message: str, expr: str) -> str:
+    """Milvus's message about a filter as one line: the echoed expression and its caret line are
+    dropped (the column is in the message), the other lines joined."""
+    keep = [ln.strip() for ln in str(message).splitlines()
+            if ln.strip() and ln.strip() != expr.strip() and set(ln.strip()) - set("^~ ")]
+    return "; ".join(keep) or str(message).strip()
+

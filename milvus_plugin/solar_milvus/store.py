@@ -45,6 +45,14 @@ class StoreError(RuntimeError):
     """Milvus refused an operation after the allowed retries."""
 
 
+class RowsRejected(ValueError):
+    """Milvus (or the client, before sending) refused the data of a batch: retrying the same
+    rows cannot help, a smaller batch may.  Never raised for transient errors."""
+
+
+STORE_REJECTED = "store_rejected"     # quarantine kind of a row the store refused on its own
+
+
 @dataclass(frozen=True)
 class IndexSpec:
     """index_type: one of INDEX_TYPES (FLAT is exact and builds instantly); metric: COSINE or IP.
@@ -87,9 +95,10 @@ def resolve_uri(uri: Optional[str] = None, token: Optional[str] = None) -> tuple
     return uri, token
 
 
-def connect(uri: Optional[str] = None, token: Optional[str] = None):
-    """A MilvusClient: Milvus Lite for a local path ending in ``.db`` (its folder is created),
-    a server for an http(s) URI.  Errors name the URI (credentials removed), never the token."""
+def connect(uri: Optional[str] = None, token: Optional[str] = None, create: bool = True):
+    """A MilvusClient: Milvus Lite for a local path ending in ``.db`` (its folder is created
+    unless ``create`` is False: then a missing one is an error and nothing is written), a server
+    for an http(s) URI.  Errors name the URI (credentials removed), never the token."""
     try:
         from pymilvus import MilvusClient
     except ImportError as err:
@@ -100,7 +109,7 @@ def connect(uri: Optional[str] = None, token: Optional[str] = None):
         if not uri.endswith(".db"):
             raise ValueError(f"--uri {uri!r}: a Milvus Lite path must end in .db (or give an "
                              f"http(s):// server URI)")
-        Path(uri).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        _check_lite_path(Path(uri).expanduser(), create)
     kw = {}
     if is_local(uri):
         # The in-process Lite server refuses pymilvus's 10 s keep-alive pings while idle (a
@@ -110,10 +119,39 @@ def connect(uri: Optional[str] = None, token: Optional[str] = None):
     try:
         return MilvusClient(uri=uri, token=token, **kw)
     except Exception as err:  # noqa: BLE001 - re-raised with a clear, token-free message
-        msg = str(err).replace(token, "***") if token else str(err)
+        if is_local(uri) and _locked(err):
+            raise ConnectionError(
+                f"cannot open Milvus Lite at {uri}: another process is using it (only one "
+                f"process may open a Milvus Lite folder); wait for it to finish, or share the "
+                f"folder with `milvus-lite server --data-dir {uri}` and --uri http://...") from None
+        msg = getattr(err, "message", None) or str(err)
+        msg = msg.replace(token, "***") if token else msg
         hint = (" (is another process using this Milvus Lite folder? Only one process may open "
                 "it; run `milvus-lite server` to share it)" if is_local(uri) else "")
         raise ConnectionError(f"cannot open Milvus at {redact(uri)}: {msg}{hint}") from None
+
+
+def _locked(err: BaseException) -> bool:
+    """Whether Milvus Lite failed because another process holds the folder's lock."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err).__name__ == "DataDirLockedError" or isinstance(err, BlockingIOError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _check_lite_path(path: Path, create: bool) -> None:
+    """Refuse a Lite path that cannot be a Milvus Lite folder before Milvus Lite touches it."""
+    if path.exists() and not path.is_dir():
+        raise ConnectionError(f"cannot open Milvus at {path}: it is a file, not a Milvus Lite "
+                              f"folder; give another --uri")
+    if not create and not path.is_dir():
+        raise ConnectionError(f"no Milvus Lite database at {path}: nothing to search (ingest "
+                              f"documents into it first, or give the right --uri)")
+    if create:
+        path.resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
 def build_schema(dim: int):
@@ -204,21 +242,71 @@ def existing_ids(client, name: str, ids: list, chunk: int = 512) -> set:
 def upsert_rows(client, name: str, rows: list, retries: int = 3, backoff: float = 0.5,
                 sleep: Callable[[float], None] = time.sleep) -> int:
     """Upsert ``rows``; a failed call is retried up to ``retries`` times with exponential backoff
-    (0.5 s, 1 s, 2 s, ...).  Bad data (a ParamError) is not retried.  Returns the row count;
-    raises StoreError after the last attempt."""
-    from pymilvus.exceptions import DataNotMatchException, ParamError
+    (0.5 s, 1 s, 2 s, ...).  Data that Milvus or the client refuses is not retried: RowsRejected.
+    Returns the row count; raises StoreError after the last attempt."""
     for attempt in range(retries + 1):
         try:
             client.upsert(name, rows)
             return len(rows)
-        except (ParamError, DataNotMatchException, TypeError):
-            raise
         except Exception as err:  # noqa: BLE001 - transient server/network errors are retried
+            if is_data_error(err):
+                raise RowsRejected(f"{type(err).__name__}: {_message(err)}") from err
             if attempt == retries:
                 raise StoreError(f"upsert of {len(rows)} rows into {name!r} failed after "
                                  f"{retries + 1} attempts: {err}") from err
             sleep(backoff * (2 ** attempt))
     return 0
+
+
+def upsert_splitting(client, name: str, rows: list, retries: int = 3, backoff: float = 0.5,
+                     sleep: Callable[[float], None] = time.sleep) -> tuple[list, list]:
+    """Upsert ``rows``, finding the rows of a refused batch by bisection: a batch whose data is
+    refused (RowsRejected) is split in halves, each retried, down to single rows.  Returns
+    (written rows in order, [(refused row, reason)]); a transient failure still raises
+    StoreError.  k bad rows in n cost O(k log n) extra calls."""
+    written, refused = [], []
+    stack = [rows]
+    while stack:
+        part = stack.pop()
+        if not part:
+            continue
+        try:
+            upsert_rows(client, name, part, retries, backoff, sleep)
+            written += part
+        except RowsRejected as err:
+            if len(part) == 1:
+                refused.append((part[0], str(err)))
+            else:
+                mid = len(part) // 2
+                stack += [part[mid:], part[:mid]]      # the first half is tried first
+    return written, refused
+
+
+# Status codes of refused input: legacy IllegalArgument (5), IllegalDimension (7) and
+# IllegalRowRecord (11), Milvus 2.3+'s ParameterInvalid (1100), and Milvus Lite's
+# IllegalArgument (6, e.g. a VARCHAR over its max_length or a vector of the wrong size).
+_DATA_CODES = {5, 6, 7, 11, 1100}
+
+
+def is_data_error(err: BaseException) -> bool:
+    """True when ``err`` says the rows themselves are unacceptable (bad type, size, value), not
+    that the server is unreachable or busy."""
+    try:
+        from pymilvus.exceptions import (DataNotMatchException, DataTypeNotSupportException,
+                                         MilvusException, ParamError)
+    except ImportError:                                       # pragma: no cover
+        return isinstance(err, (TypeError, ValueError, OverflowError))
+    if isinstance(err, (ParamError, DataNotMatchException, DataTypeNotSupportException,
+                        TypeError, ValueError, OverflowError)):
+        return True
+    if isinstance(err, MilvusException) and type(err) is MilvusException:
+        return getattr(err, "code", None) in _DATA_CODES
+    return False
+
+
+def _message(err: BaseException) -> str:
+    msg = getattr(err, "message", None) or str(err)
+    return msg if len(msg) <= 300 else msg[:300] + "..."
 
 
 def clip_utf8(s: str, limit: int) -> str:

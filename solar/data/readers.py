@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
+import stat
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
-from .records import (BAD_ENTRY, BAD_TEXT, MISSING_FILE, PATH_ESCAPE, TOO_LARGE_FILE, RawRecord,
-                      broken, make_record)
+from .meta import MAX_DEPTH, check_field, loads_json
+from .records import (BAD_ENTRY, BAD_TEXT, FIELD_TOO_LARGE, MISSING_FILE, PATH_ESCAPE,
+                      TOO_LARGE_FILE, FileProblem, RawRecord, broken, make_record)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 TEXT_EXTS = (".txt", ".caption")
 META_EXTS = (".json",)
 DEFAULT_MAX_BYTES = 64 << 20          # a single file over 64 MiB is refused, not read
-
-
-class FileProblem(Exception):
-    """A file that cannot be used (kind is a quarantine kind)."""
-
-    def __init__(self, kind: str, reason: str):
-        super().__init__(reason)
-        self.kind = kind
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
@@ -47,14 +40,22 @@ def resolve_inside(root: Path, rel: str) -> Path:
 
 
 def read_file(path: Path, name: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
-    """The bytes of ``path``; FileProblem naming ``name`` when missing, unreadable or too big."""
+    """The bytes of ``path``; FileProblem naming ``name`` when missing, unreadable, not a regular
+    file (a FIFO, a device, a socket: refused before anything is read, so nothing blocks) or
+    over ``max_bytes`` (never more than ``max_bytes + 1`` bytes are read)."""
     try:
-        size = os.stat(path).st_size
-        if size > max_bytes:
-            raise FileProblem(TOO_LARGE_FILE, f"{name}: file is {size} bytes, over the limit of "
-                                              f"{max_bytes}")
-        with open(path, "rb") as f:
-            return f.read()
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileProblem(BAD_ENTRY, f"{name}: not a regular file")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):   # swapped since the check
+                raise FileProblem(BAD_ENTRY, f"{name}: not a regular file")
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise FileProblem(TOO_LARGE_FILE, f"{name}: file is {max(st.st_size, len(data))} "
+                                              f"bytes, over the limit of {max_bytes}")
+        return data
     except FileNotFoundError:
         raise FileProblem(MISSING_FILE, f"{name}: file not found") from None
     except OSError as err:
@@ -120,10 +121,7 @@ class FolderSource:
             return {}
         path = resolve_inside(self.root, meta_rels[0])
         name = str(self.root / meta_rels[0])
-        try:
-            meta = json.loads(read_file(path, name, self.max_bytes).decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise FileProblem(BAD_ENTRY, f"{name}: metadata is not valid JSON ({err})") from None
+        meta = loads_json(read_file(path, name, self.max_bytes), f"{name}: metadata")
         if not isinstance(meta, dict):
             raise FileProblem(BAD_ENTRY, f"{name}: metadata must be a JSON object")
         return meta
@@ -165,14 +163,15 @@ class ManifestSource:
                     continue
                 loc = f"{self.path}:{lineno}"
                 try:
-                    row = json.loads(line.decode("utf-8"))
+                    line.decode("utf-8")
                 except UnicodeDecodeError as err:
                     yield lineno, broken(loc, BAD_TEXT, f"{loc}: unreadable text, invalid UTF-8 "
                                                         f"at byte {err.start}", self.name)
                     continue
-                except ValueError as err:
-                    yield lineno, broken(loc, BAD_ENTRY, f"{loc}: not valid JSON ({err})",
-                                         self.name)
+                try:
+                    row = loads_json(line, loc, MAX_DEPTH + 1)   # + the row object
+                except FileProblem as err:
+                    yield lineno, broken(loc, err.kind, str(err), self.name)
                     continue
                 if not isinstance(row, dict):
                     row = broken(loc, BAD_ENTRY, f"{loc}: a manifest line must be a JSON object",
@@ -183,12 +182,31 @@ class ManifestSource:
         raw = self.path.read_bytes().decode("utf-8", "surrogateescape")
         delim = "\t" if self.path.suffix.lower() == ".tsv" else ","
         reader = csv.DictReader(io.StringIO(raw, newline=""), delimiter=delim)
-        for row in reader:
+        last_error = -1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:        # one bad row (a field over the limit, ...) only
+                n = reader.line_num + 1     # the reader counts the failed line only later
+                loc = f"{self.path}:{n}"
+                kind = FIELD_TOO_LARGE if "field limit" in str(err) else BAD_ENTRY
+                yield n, broken(loc, kind, f"{loc}: unreadable CSV row ({err})", self.name)
+                if n == last_error:         # no progress: the rest of the file is unreadable
+                    return
+                last_error = n
+                continue
             # Undecodable bytes stay as surrogates: text goes on as bytes (checked when decoded),
             # an image path with them is refused, other columns get U+FFFD.
             yield reader.line_num, {k: _csv_field(k, v) for k, v in row.items() if k is not None}
 
     def _record(self, loc: str, row: dict) -> RawRecord:
+        try:
+            for k, v in row.items():
+                check_field(v, f"{loc}: field {str(k)[:40]!r}")
+        except FileProblem as err:
+            return broken(loc, err.kind, str(err), self.name)
         rel = next((row[k] for k in _IMAGE_KEYS if row.get(k) not in (None, "")), None)
         text = next((row[k] for k in _TEXT_KEYS if row.get(k) not in (None, "", b"")), None)
         meta = self._row_meta(loc, row)
@@ -209,9 +227,10 @@ class ManifestSource:
         return make_record(loc, image, text, image_uri=uri or "", source=self.name, meta=meta)
 
     def _row_meta(self, loc: str, row: dict):
-        meta = parse_meta(row.get("meta"))
-        if meta is None:
-            return broken(loc, BAD_ENTRY, f"{loc}: meta must be a JSON object", self.name)
+        try:
+            meta = parse_meta(row.get("meta"), f"{loc}: meta")
+        except FileProblem as err:
+            return broken(loc, err.kind, str(err), self.name)
         if row.get("id") not in (None, ""):
             meta["source_id"] = row["id"]
         skip = set(_IMAGE_KEYS) | set(_TEXT_KEYS) | {"id", "meta"}
@@ -221,17 +240,17 @@ class ManifestSource:
         return meta
 
 
-def parse_meta(value) -> Optional[dict]:
-    """A record's metadata field as a new dict: empty -> {}, a JSON-object string or a dict ->
-    its items; anything else (bad JSON, a list, a number) -> None."""
-    if not value:
+def parse_meta(value, name: str) -> dict:
+    """A record's metadata field as a new dict: empty -> {}, a JSON-object string (parsed with
+    :func:`solar.data.meta.loads_json`) or a dict -> its items.  Raises FileProblem naming
+    ``name`` for anything else (bad or too deep JSON, a list, a number)."""
+    if value is None or (isinstance(value, (str, bytes, dict)) and not value):
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    return dict(value) if isinstance(value, dict) else None
+    if isinstance(value, (str, bytes)):
+        value = loads_json(value, name)
+    if not isinstance(value, dict):
+        raise FileProblem(BAD_ENTRY, f"{name} must be a JSON object")
+    return dict(value)
 
 
 def _csv_field(key: str, value):

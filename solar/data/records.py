@@ -21,8 +21,11 @@ TOO_LARGE_FILE = "too_large_file"
 BAD_TEXT = "bad_text"
 EMPTY_DOCUMENT = "empty_document"
 BAD_ENTRY = "bad_entry"
+BAD_META = "bad_meta"                  # metadata too deep, an integer beyond 64 bits, not an object
+FIELD_TOO_LARGE = "field_too_large"    # a manifest field or the metadata over its size limit
+SYMLINK_MEMBER = "symlink_member"      # a tar member that is a link (never followed)
 KINDS = (MISSING_FILE, PATH_ESCAPE, ZERO_BYTES, CORRUPT_IMAGE, TOO_MANY_PIXELS, TOO_LARGE_FILE,
-         BAD_TEXT, EMPTY_DOCUMENT, BAD_ENTRY)
+         BAD_TEXT, EMPTY_DOCUMENT, BAD_ENTRY, BAD_META, FIELD_TOO_LARGE, SYMLINK_MEMBER)
 
 _ID_SALT = b"solar-doc-v1\0"
 
@@ -56,6 +59,14 @@ def text_bytes(text: Any) -> Optional[bytes]:
     if isinstance(text, str):
         return text.encode("utf-8", "surrogatepass")
     raise TypeError(f"text must be str, bytes or None, got {type(text).__name__}")
+
+
+class FileProblem(Exception):
+    """An item that cannot be used (``kind`` is a quarantine kind, the message names the item)."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,15 @@ def broken(locator: str, kind: str, reason: str, source: str = "", **kw) -> RawR
 
 def make_record(locator: str, image: Optional[bytes], text: Any, *, image_uri: str = "",
                 source: str = "", meta: Optional[dict] = None) -> RawRecord:
-    """A RawRecord with its content id computed from the image bytes and the text."""
+    """A RawRecord with its content id computed from the image bytes and the text.
+
+    Every reader builds its records here, so the metadata of every source passes the same
+    bounded check (:func:`solar.data.meta.check_meta`): a record whose metadata could not be
+    stored comes back already quarantined (``bad_meta`` or ``field_too_large``)."""
+    from .meta import check_meta
+    try:
+        check_meta(meta or {}, f"{locator}: metadata")
+    except FileProblem as err:
+        return broken(locator, err.kind, str(err), source)
     tb = text_bytes(text)
     return RawRecord(content_id(image, tb), locator, image, tb, image_uri, source, dict(meta or {}))

@@ -8,15 +8,16 @@ string), a text column and optional id/meta columns.
 from __future__ import annotations
 
 import glob as globlib
-import json
 import os
 import tarfile
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
+from .meta import loads_json
 from .readers import (DEFAULT_MAX_BYTES, IMAGE_EXTS, TEXT_EXTS, FileProblem, parse_meta,
                       resolve_inside)
-from .records import BAD_ENTRY, TOO_LARGE_FILE, RawRecord, broken, make_record
+from .records import (BAD_ENTRY, SYMLINK_MEMBER, TOO_LARGE_FILE, RawRecord, broken,
+                      make_record)
 
 PathLike = Union[str, Path]
 
@@ -67,7 +68,7 @@ class WebDatasetSource:
         try:
             with tarfile.open(shard, "r|*") as tar:
                 for m in tar:
-                    if not m.isfile():
+                    if m.isdir():
                         continue
                     k, ext = _split_key(m.name)
                     if k != key and key is not None:
@@ -75,6 +76,9 @@ class WebDatasetSource:
                         n += 1
                         parts = {}
                     key = k
+                    if not m.isfile():      # links are never followed, devices never read
+                        parts[ext] = _special_member(shard, m)
+                        continue
                     if m.size > self.max_bytes:
                         parts[ext] = FileProblem(TOO_LARGE_FILE, f"{shard}#{m.name}: member is "
                                                  f"{m.size} bytes, over the limit of {self.max_bytes}")
@@ -105,10 +109,9 @@ class WebDatasetSource:
         meta = {}
         if "json" in parts:
             try:
-                meta = json.loads(parts["json"][1].decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as err:
-                return broken(loc, BAD_ENTRY, f"{loc}.json: metadata is not valid JSON ({err})",
-                              self.name)
+                meta = loads_json(parts["json"][1], f"{loc}.json: metadata")
+            except FileProblem as err:
+                return broken(loc, err.kind, str(err), self.name)
             if not isinstance(meta, dict):
                 return broken(loc, BAD_ENTRY, f"{loc}.json: metadata must be a JSON object",
                               self.name)
@@ -118,6 +121,14 @@ class WebDatasetSource:
         uri = f"tar:{shard}#{img[0]}" if img else ""
         return make_record(loc, img[1] if img else None, txt, image_uri=uri, source=self.name,
                            meta=meta)
+
+
+def _special_member(shard: Path, m) -> FileProblem:
+    if m.issym() or m.islnk():
+        return FileProblem(SYMLINK_MEMBER, f"{shard}#{m.name}: member is a "
+                           f"{'symbolic' if m.issym() else 'hard'} link (to {m.linkname!r}); "
+                           f"links in shards are not followed")
+    return FileProblem(BAD_ENTRY, f"{shard}#{m.name}: member is not a regular file")
 
 
 def _cut_short(shard: Path, end: int) -> bool:
@@ -175,10 +186,10 @@ class ParquetSource:
     def _record(self, path: Path, row: int, r: dict) -> RawRecord:
         image_col, text_col, id_col, meta_col = self.cols
         loc = f"{path}#row={row}"
-        meta = parse_meta(r.get(meta_col))
-        if meta is None:
-            return broken(loc, BAD_ENTRY, f"{loc}: column {meta_col!r} must hold a JSON object",
-                          self.name)
+        try:
+            meta = parse_meta(r.get(meta_col), f"{loc}: column {meta_col!r}")
+        except FileProblem as err:
+            return broken(loc, err.kind, str(err), self.name)
         meta = {**{k: v for k, v in r.items() if k not in self.cols and _scalar(v)}, **meta}
         if r.get(id_col) is not None:
             meta["source_id"] = r[id_col]

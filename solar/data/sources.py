@@ -163,4 +163,7 @@ def _uri_bytes(uri: str) -> bytes:
                     raise ValueError("row has no image bytes")
                 return rec.image
         raise IndexError(f"row {row} not in {path}")
-    return Path(uri).read_bytes()
+    try:
+        return read_file(Path(uri), uri)          # a regular file only, at most 64 MiB
+    except FileProblem as err:
+        raise ValueError(str(err)) from None

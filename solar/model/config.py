@@ -51,6 +51,19 @@ class TowerConfig:
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         self.lora_targets = tuple(self.lora_targets)
+        for name in ("image_size", "max_length", "lora_rank", "width", "depth", "patch", "vocab"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, d, where: str = "tower") -> "TowerConfig":
+        """A TowerConfig from parsed JSON; ValueError naming ``where`` and the key for anything
+        that is not an object, an unknown or missing key, or a value of the wrong type."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where} must be a JSON object, got {_json_type(d)}")
+        if "kind" not in d:
+            raise ValueError(f"{where} lacks the key 'kind'")
+        return cls(**checked_fields(cls, d, where))
 
 
 @dataclass
@@ -111,15 +124,49 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**d)
+    def from_dict(cls, d) -> "ModelConfig":
+        """A ModelConfig from parsed JSON; ValueError naming the key for anything that is not an
+        object, an unknown key or a value of the wrong type (a tower included)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"'model' must be a JSON object, got {_json_type(d)}")
+        kw = checked_fields(cls, d, "model")
+        for name in ("image_tower", "text_tower"):
+            if name in kw:
+                kw[name] = TowerConfig.from_dict(kw[name], f"model.{name}")
+        return cls(**kw)
 
     def replace(self, **kw) -> "ModelConfig":
         return dataclasses.replace(self, **kw)
+
+
+_CHECKS = {
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "a number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "Optional[str]": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "tuple": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+              "a list of strings"),
+    "TowerConfig": (lambda v: True, ""),        # checked by TowerConfig.from_dict
+}
+
+
+def checked_fields(cls, d: dict, where: str) -> dict:
+    """``d`` as keyword arguments of dataclass ``cls``: ValueError naming ``where`` and the key
+    for an unknown key or a value whose JSON type does not match the field's type."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(fields)}")
+    for k, v in d.items():
+        check, what = _CHECKS.get(str(fields[k].type), (lambda v: True, ""))
+        if not check(v):
+            raise ValueError(f"{where}.{k} must be {what}, got {_json_type(v)} {v!r:.40}")
+    return dict(d)
+
+
+def _json_type(v) -> str:
+    return {type(None): "null", bool: "a boolean", int: "an integer", float: "a number",
+            str: "a string", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
 
 
 def _tiny(arch: str) -> ModelConfig:

@@ -56,21 +56,62 @@ def save_model(model: DocumentEncoder, path: Union[str, Path]) -> Path:
     return path
 
 
-def load_state(model: DocumentEncoder, state: dict) -> None:
-    """Load stored tensors; every parameter that is stored must be present."""
+def load_state(model: DocumentEncoder, state: dict, name: str = "checkpoint") -> None:
+    """Load stored tensors; every parameter that is stored must be present with its shape.
+    Raises ValueError naming ``name`` and the first keys that differ."""
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} (model: {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ValueError(f"{name} does not match its config: tensor shapes differ for "
+                         f"{', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not _skipped(model.cfg, k)]
     if missing or unexpected:
-        raise ValueError(f"checkpoint does not match the model: missing {missing[:5]}, "
+        raise ValueError(f"{name} does not match the model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
 
 
+def read_weights(path: Union[str, Path]) -> dict:
+    """The tensors of a safetensors file (never a pickle).  Raises ValueError naming the file
+    when it is missing, empty, truncated, corrupt or not safetensors at all."""
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found (a checkpoint folder holds "
+                         f"config.json and model.safetensors)")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - SafetensorError, OSError, ...: one clear message
+        raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())}"
+                         f"); the checkpoint is damaged or was not written by solar "
+                         f"(save_model writes it)") from None
+
+
 def read_config(path: Union[str, Path]) -> ModelConfig:
+    """The ModelConfig in ``path``/config.json; ValueError naming the file for unreadable or
+    invalid JSON, a wrong format, unknown keys or values of the wrong type."""
     cfg_file = Path(path) / "config.json"
-    data = json.loads(cfg_file.read_text())
+    try:
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{cfg_file}: cannot read the model config ({err})") from None
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{cfg_file}: the model config is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{cfg_file}: the model config must be a JSON object, "
+                         f"got {type(data).__name__}")
     if data.get("format") != FORMAT:
         raise ValueError(f"{cfg_file} is not a solar model config (format {data.get('format')!r})")
-    return ModelConfig.from_dict(data["model"])
+    unknown = sorted(set(data) - {"format", "version", "model"})
+    if unknown:
+        raise ValueError(f"{cfg_file}: unknown keys {unknown} (expected format, version, model)")
+    if "model" not in data:
+        raise ValueError(f"{cfg_file}: the model config lacks the 'model' key")
+    try:
+        return ModelConfig.from_dict(data["model"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{cfg_file}: {err}") from None
 
 
 #: Trained checkpoints shipped inside the package (rebuild: scripts/build_clipart_model.sh).
@@ -92,14 +133,14 @@ def load_model(path_or_name: Union[str, Path], device: Optional[Union[str, torch
     ``seed`` initializes a preset's trained parts.
     The model is returned in eval mode.
     """
-    from safetensors.torch import load_file
     p = Path(str(path_or_name))
     if (p / "config.json").is_file():
         cfg = read_config(p)
         if overrides:
             raise ValueError("config overrides apply to presets only, not to checkpoints")
+        state = read_weights(p / "model.safetensors")
         model = build_model(cfg)
-        load_state(model, load_file(str(p / "model.safetensors")))
+        load_state(model, state, str(p / "model.safetensors"))
     elif (SHIPPED_DIR / str(path_or_name) / "config.json").is_file():
         return load_model(SHIPPED_DIR / str(path_or_name), device)
     elif str(path_or_name) in PRESETS:

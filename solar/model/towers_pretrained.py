@@ -36,14 +36,28 @@ def _import_transformers():
     return transformers
 
 
+_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+
+
 def _folder(cfg: TowerConfig) -> Path:
+    """The tower's local Hugging Face folder.  Its weights must be safetensors: a folder with
+    only ``pytorch_model.bin`` (a pickle) is refused, never unpickled."""
     if not cfg.path:
         raise ValueError(f"tower kind {cfg.kind!r} needs path= a local model folder")
     p = Path(cfg.path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"tower path {cfg.path!r} has no config.json (a local Hugging Face "
                                 "model folder is expected; nothing is downloaded)")
+    if not any((p / f).is_file() for f in _SAFETENSORS):
+        raise ValueError(f"tower path {cfg.path!r} has no model.safetensors: tower weights load "
+                         f"from safetensors only (pickled weights such as pytorch_model.bin are "
+                         f"never loaded); convert them with safetensors' save_file")
     return p
+
+
+def _from_pretrained(cls, folder: Path):
+    """``cls.from_pretrained`` on a local folder, safetensors weights only."""
+    return cls.from_pretrained(str(folder), use_safetensors=True)
 
 
 def _family(cfg: TowerConfig, folder: Path) -> str:
@@ -114,7 +128,7 @@ class HFTextTower(Tower):
         folder = _folder(TowerConfig(cfg.kind, path=str(folder)))
         self.family = _family(cfg, folder)
         cls = {"clip": tf.CLIPTextModel, "siglip": tf.SiglipTextModel}.get(self.family, tf.AutoModel)
-        self.backbone = cls.from_pretrained(str(folder))
+        self.backbone = _from_pretrained(cls, folder)
         self.tokenizer = tf.AutoTokenizer.from_pretrained(str(folder))
         hidden = self.backbone.config.hidden_size
         self.token_dim = self.pooled_dim = hidden
@@ -167,7 +181,7 @@ class HFImageTower(Tower):
         self.family = _family(cfg, folder)
         cls = {"clip": tf.CLIPVisionModel, "siglip": tf.SiglipVisionModel}.get(self.family,
                                                                                tf.AutoModel)
-        self.backbone = cls.from_pretrained(str(folder))
+        self.backbone = _from_pretrained(cls, folder)
         vc = getattr(self.backbone.config, "vision_config", self.backbone.config)
         size = int(getattr(vc, "image_size", cfg.image_size))
         patch = int(getattr(vc, "patch_size", 16))

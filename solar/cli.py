@@ -19,7 +19,7 @@ from .console import VERBOSE_ENV, one_line, verbose_from_env
 # name -> (module, attribute, the first paragraph of the command's help; a test keeps it equal)
 _COMMANDS = {
     "train": ("solar.train.cli", "train",
-              "Train a recipe on the offline pairs (runs under torchrun as well)."),
+              "Train a recipe on your data or the offline pairs (runs under torchrun as well)."),
     "eval": ("solar.eval.cli", "eval_cmd",
              "Evaluate MODEL... (checkpoint folders or preset names, optionally LABEL=PATH)."),
     "ingest": ("solar_milvus.cli", "ingest",

@@ -250,7 +250,7 @@ def _wait_gone(pids: set, limit: float = 180.0) -> set:
 
 
 def _start_job(tmp_path: Path):
-    make_corpus(tmp_path / "docs", n_good=60)
+    make_corpus(tmp_path / "docs", n_good=200)    # 30 s of encoding at least: never done first
     ledger = tmp_path / "job.ledger.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-m", "solar.cli", "ingest", str(tmp_path / "docs"), "--uri",

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from solar.model import build_model, preset
 from solar.train import TrainConfig
-from solar.train.losses import gla_hinge, gla_local_hinge, gla_smoothmax_hinge, local_alignment
+from solar.train.losses import (element_alignment, gla_hinge, gla_local_hinge, gla_smoothmax_hinge,
+                                local_alignment)
 from solar.train.mixing import keyword_part, mix_patches, mix_texts, token_owners
 from solar.train.recipes import crop_keep
 
@@ -18,10 +19,12 @@ def _unit(*shape, seed=0):
 def test_defaults_are_the_papers_form():
     c = TrainConfig()
     assert (c.gla_form, c.w_local, c.mix_text, c.mix_image) == ("mean", 0.0, 0.0, 0.0)
+    assert c.local_form == "pair"
     assert (c.crop_views, c.token_drop, c.anchor_view, c.neg_min_share, c.s2_distill) == (0.0, 0.0, False, 0.0, 0.0)
     m = preset("solar-offline")
     assert (m.readout, m.mask_scores) == ("cls", "global")
-    for bad in ({"mix_text": 1.5}, {"w_local": -1.0}, {"gla_temp": 0.0}, {"crop_views": 2.0}):
+    for bad in ({"mix_text": 1.5}, {"w_local": -1.0}, {"gla_temp": 0.0}, {"crop_views": 2.0},
+                {"local_form": "tokens"}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
@@ -60,6 +63,29 @@ def test_local_alignment_prefers_matching_pairs():
     bad = local_alignment(txt.roll(1, dims=0), wt, img, wi, 0.05)
     assert good.item() < 0.1 < bad.item()
     assert local_alignment(txt[:1], wt[:1], img[:1], wi[:1], 0.05).item() == 0.0
+
+
+def test_element_alignment_by_hand():
+    # 2 documents; text 0 has one token equal to image 0's patch and one equal to image 1's
+    e = torch.eye(3, dtype=torch.float64)
+    img = torch.stack([e[[0, 2]], e[[1, 2]]])                   # (2, 2, 3); patch 2 padding
+    wi = torch.tensor([[True, False], [True, False]])
+    txt = torch.stack([e[[0, 1]], e[[1, 0]]])                   # (2, 2, 3)
+    wt = torch.ones(2, 2, dtype=torch.bool)
+    t = 0.5
+    # s(x, j) = cos(x, image j's only valid patch): 1 for the matching image, 0 for the other
+    hit, miss = F.cross_entropy(torch.tensor([[1 / t, 0.0]]), torch.tensor([0])).item(), None
+    miss = F.cross_entropy(torch.tensor([[0.0, 1 / t]]), torch.tensor([0])).item()
+    # own rows: per document one token matches its image (hit), one the other image (miss)
+    assert element_alignment(txt, wt, img, wi, t).item() == pytest.approx((hit + miss) / 2)
+    # owners that follow the content: every token picks the image it matches
+    owner = torch.tensor([[0, 1], [1, 0]])
+    assert element_alignment(txt, wt, img, wi, t, owner=owner).item() == pytest.approx(hit)
+    # an invalid element does not count; a partner without valid locals is never a choice
+    wt2 = torch.tensor([[True, False], [False, True]])
+    assert element_alignment(txt, wt2, img, wi, t).item() == pytest.approx((hit + miss) / 2)
+    wi2 = torch.tensor([[True, False], [False, False]])
+    assert element_alignment(txt, wt, img, wi2, t).item() == pytest.approx(0.0, abs=1e-9)
 
 
 def test_text_mixing_owners_follow_the_appended_words():

@@ -76,6 +76,18 @@ def test_stage1_loss_falls_and_sets_thresholds(stage1_run):
     assert m.tau == pytest.approx((last["tau_text"], last["tau_image"]))
 
 
+@pytest.mark.parametrize("local_form", ["pair", "element"])
+def test_stage1_with_the_mask_options_trains(local_form, pairs, cache, tmp_path):
+    """Per-element GLA, both pair mixings, the local alignment and local mask scores together."""
+    over = dict(SMALL, mask_scores="local")
+    s = train(cfg("stage1", tmp_path / local_form, cache, gla_form="local", mix_text=0.5,
+                  mix_image=0.5, w_local=1.0, local_form=local_form, model_overrides=over),
+              pairs=pairs)
+    assert _falls(s["losses"]), s["losses"]
+    rows = [json.loads(line) for line in (tmp_path / local_form / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["local"] > 0 for r in rows if "loss" in r)
+
+
 def test_stage2_from_stage1_loss_falls(stage1_run, pairs, cache, tmp_path):
     out1, _ = stage1_run
     s = train(cfg("stage2", tmp_path / "s2", cache, model=str(out1)), pairs=pairs)

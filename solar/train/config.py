@@ -11,6 +11,7 @@ from typing import Optional, Union
 
 RECIPES = ("stage1", "stage2", "gcl", "clip")
 GLA_FORMS = ("mean", "local", "smoothmax")
+LOCAL_FORMS = ("pair", "element")
 DEFAULT_MODEL = {"stage1": "solar-offline", "stage2": None, "gcl": "score-fusion-offline",
                  "clip": "score-fusion-offline"}
 
@@ -84,6 +85,8 @@ class TrainConfig:
     gla_temp: float = 0.05                 # temperature of the "smoothmax" pooling
     w_local: float = 0.0                   # weight of token-to-patch alignment (losses.py)
     local_temp: float = 0.05               # its temperature
+    local_form: str = "pair"               # "pair": mean-of-best-match pair InfoNCE; "element":
+                                           # each token / patch picks its owner (losses.py)
     mix_text: float = 0.0                  # pair mixing (mixing.py): share of captions that get
     mix_image: float = 0.0                 # another's keywords / images half another's patches
     mask_probe_every: int = 0              # log mask-benchmark metrics (val split) every N steps
@@ -136,6 +139,8 @@ class TrainConfig:
             raise ValueError("mask_probe_every must be >= 0 and mask_probe_cases >= 2")
         if self.s2_distill < 0:
             raise ValueError(f"s2_distill must be >= 0, got {self.s2_distill}")
+        if self.local_form not in LOCAL_FORMS:
+            raise ValueError(f"local_form must be one of {LOCAL_FORMS}, got {self.local_form!r}")
         if self.w_local < 0 or self.local_temp <= 0:
             raise ValueError("w_local must be >= 0 and local_temp positive")
         if self.gla_temp <= 0:

@@ -113,6 +113,34 @@ def local_alignment(text_locals: torch.Tensor, text_weights: torch.Tensor,
                   + torch.nn.functional.cross_entropy(S.T, y))
 
 
+def element_alignment(locals_: torch.Tensor, weights: torch.Tensor, partner_locals: torch.Tensor,
+                      partner_weights: torch.Tensor, temp: float,
+                      owner: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Element-level local contrast (docs/method.md, "local alignment", ``local_form="element"``):
+    each valid element x (a token or a patch) scores every partner document j of the batch by its
+    best match, s(x, j) = max over j's valid partner locals y of cos(x, y), and must pick its
+    owner among them: mean over valid x of cross-entropy(s(x, .) / temp, owner(x)).
+
+    This is the score the masks are read from (``mask_scores="local"``), trained per element, so
+    a word (or a region) cannot pass by its pair's shared context when its owner is another
+    document (pair mixing, mixing.py); on plain pairs it reduces to a per-element FILIP loss.
+
+    locals_ (B, L, D), partner_locals (B, M, D): L2-normalized; weights (B, L), partner_weights
+    (B, M) bool; owner (B, L) long row of the partner batch (default: the element's own row).
+    """
+    s = torch.einsum("ild,jmd->iljm", locals_, partner_locals)
+    s = s.masked_fill(~partner_weights[None, None, :, :], float("-inf")).max(dim=3).values
+    B, L, J = s.shape
+    has = partner_weights.any(dim=1)                                       # (J,)
+    s = s.clamp_min(-1.0).masked_fill(~has[None, None, :], float("-inf")) / temp
+    if owner is None:
+        owner = torch.arange(B, device=s.device)[:, None].expand(B, L)
+    keep = weights & has[owner]
+    if not keep.any():
+        return s.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
+    return torch.nn.functional.cross_entropy(s[keep], owner[keep])
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of a and b over the True entries of ``mask``, per leading row.
 

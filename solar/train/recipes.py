@@ -18,8 +18,8 @@ from solar.model.solar_model import ScoreFusionModel, SolarModel
 
 from . import dist
 from .config import TrainConfig
-from .losses import (gla_hinge, gla_local_hinge, gla_smoothmax_hinge, global_distillation,
-                     local_alignment, local_distillation)
+from .losses import (element_alignment, gla_hinge, gla_local_hinge, gla_smoothmax_hinge,
+                     global_distillation, local_alignment, local_distillation)
 from .mining import neighbour_pools, sample_negatives
 from .mixing import mix_patches, mix_texts, token_owners
 from .qda import RunningQDA, annealed_mask, rho_schedule
@@ -76,8 +76,9 @@ class Stage1(Recipe):
                                        self.cfg.gla_temp, off)
         return gla_hinge(loc, weights, partner, self.cfg.gla_margin, off)[0]
 
-    def _mixed_text_gla(self, model, source, idx, partner, off):
-        """Per-token GLA over captions with another document's keywords appended (mixing.py)."""
+    def _mixed_text_locals(self, model, source, idx, off):
+        """Projected token locals of captions with another document's keywords appended
+        (mixing.py): (locals (B, T', D), weights (B, T'), owner (B, T') rows + ``off``)."""
         texts = getattr(source, "texts", None)
         if texts is None:
             raise ValueError("mix_text needs the documents' texts from the training source")
@@ -86,8 +87,7 @@ class Stage1(Recipe):
             mf = model.tower_features(texts=mixed).trim_text(model.cfg.max_text_tokens)
         lm = model.project_locals(model.adapter_text(mf.text.tokens.float()))
         owner = token_owners(model.text_tower, mixed, cut, other, lm.shape[1], off)
-        return gla_local_hinge(lm, mf.text_weights, partner, self.cfg.gla_margin,
-                               owner=owner.to(lm.device))
+        return lm, mf.text_weights.to(lm.device), owner.to(lm.device)
 
     def setup(self, model, source, device, used=None) -> None:
         self.probe = None
@@ -129,14 +129,17 @@ class Stage1(Recipe):
         f_v, f_l = model.image_only(v, wv), model.text_only(l, wl)        # unmasked globals
         pv, pl = model.project_locals(v), model.project_locals(l)
         off = dist.rank() * len(idx)
+        lm, wlm, own_t = pl, wl, None          # text locals the local losses see
+        vm, own_i = pv, None                   # image locals the local losses see
         if c.mix_text > 0:
-            gla_t = self._mixed_text_gla(model, source, idx, G(f_v), off)
+            lm, wlm, own_t = self._mixed_text_locals(model, source, idx, off)
+            gla_t = gla_local_hinge(lm, wlm, G(f_v), c.gla_margin, owner=own_t)
         else:
             gla_t = self._gla(pl, wl, G(f_v), off)
         if c.mix_image > 0:
-            tok, owner = mix_patches(feats.image.tokens, c.mix_image, self.gen, off)
+            tok, own_i = mix_patches(feats.image.tokens, c.mix_image, self.gen, off)
             vm = model.project_locals(model.adapter_image(tok))
-            gla_i = gla_local_hinge(vm, wv, G(f_l), c.gla_margin, owner=owner)
+            gla_i = gla_local_hinge(vm, wv, G(f_l), c.gla_margin, owner=own_i)
         else:
             gla_i = self._gla(pv, wv, G(f_l), off)
         rho = rho_schedule(step, self.total_steps, c.anneal_frac)
@@ -145,7 +148,13 @@ class Stage1(Recipe):
             s_i = model.cross_scores(pv, pl, wl, f_l)                     # (B, B, P)
         m_l, tau_t, frac_t = self._masks("text", s_t, wl, rho)
         m_v, tau_i, frac_i = self._masks("image", s_i, wv, rho)
-        if c.w_local > 0:
+        if c.w_local > 0 and c.local_form == "element":
+            loss_local = 0.5 * (
+                element_alignment(lm, wlm, pv, wv, c.local_temp,
+                                  None if own_t is None else own_t - off)
+                + element_alignment(vm, wv, pl, wl, c.local_temp,
+                                    None if own_i is None else own_i - off))
+        elif c.w_local > 0:
             loss_local = local_alignment(pl, wl, pv, wv, c.local_temp)
         f_vm, f_lm = model.image_only(v, m_v), model.text_only(l, m_l)      # masked globals
         itc = ops.contrastive_loss(G(f_vm), G(f_lm), _scale(model), backend=None)

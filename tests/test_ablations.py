@@ -79,3 +79,27 @@ def test_no_mask_keeps_the_full_mask():
     masked, _, _ = Stage1(cfg, 10)._masks("text", scores, weights, rho=0.0)
     assert not torch.equal(masked, weights.float())                   # the plain one does mask
     assert NoMinedStage2(TrainConfig(recipe="stage2-no-mined", model="x"), 2).cfg.mine_k == 0
+
+
+def test_results_table_trains_ablations_by_recipe_name(monkeypatch, tmp_path):
+    """The table asks for each ablation by its registered name (the runs are recorded, not
+    trained, here; the smoke preset of scripts/results_table.sh trains them)."""
+    from solar.experiments import table
+    for r1, r2 in table.ABLATION_RECIPES.values():
+        assert recipe_class(r1) and recipe_class(r2)
+    asked = {}
+
+    def fake_train(cfg, pairs, run, log, **kw):
+        asked[run.name] = kw
+        return run
+    monkeypatch.setattr(table, "_train", fake_train)
+    cfg = table.TableConfig(out_dir=str(tmp_path), seeds=(0,), methods=("solar_s12",))
+    out = table._runs_for_seed(cfg, [], 0, print)
+    assert set(out) == {"solar_s12", *table.ABLATIONS}
+    assert asked["no_mask_s1-seed0"]["recipe"] == "stage1-no-mask"
+    assert asked["no_mask_s12-seed0"]["recipe"] == "stage2"
+    assert asked["no_mask_s12-seed0"]["model"] == str(tmp_path / "runs" / "no_mask_s1-seed0")
+    s1 = str(tmp_path / "runs" / "solar_s1-seed0")
+    assert asked["no_constructed_negatives-seed0"]["recipe"] == "stage2-no-constructed"
+    assert asked["no_mined_negatives-seed0"]["recipe"] == "stage2-no-mined"
+    assert asked["no_mined_negatives-seed0"]["model"] == s1

@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # The table's numbers come from the pure-PyTorch ops (identical math on every machine).
 export SOLAR_BACKEND=${SOLAR_BACKEND:-torch}
-exec python3 -m solar.eval.table --preset "${1:-cpu}" "${@:2}"
+exec python3 -m solar.experiments.table --preset "${1:-cpu}" "${@:2}"

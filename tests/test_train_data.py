@@ -171,8 +171,7 @@ TORCHRUN_CHECK = r"""
 import json, sys, torch
 from solar import load_model
 from solar.data import decode_record, open_source
-from solar.train import TrainConfig
-from solar.train.recipes import RECIPES
+from solar.train import TrainConfig, recipe_class
 data, out = sys.argv[1], sys.argv[2]
 recs = {r.id: decode_record(r) for r in open_source(data)}
 rows = [json.loads(x) for r in (0, 1) for x in open(f"{out}/doc_ids.rank{r}.jsonl")]
@@ -181,7 +180,7 @@ model = load_model("score-fusion-tiny-random", seed=0).train()
 cfg = TrainConfig(recipe="clip", model="score-fusion-tiny-random")
 def loss(ids):
     f = model.tower_features([recs[i].image for i in ids], [recs[i].text for i in ids])
-    return RECIPES["clip"](cfg, 1).loss(model, f, torch.arange(len(ids)), 0, None)[0].item()
+    return recipe_class("clip")(cfg, 1).loss(model, f, torch.arange(len(ids)), 0, None)[0].item()
 logged = [json.loads(x) for x in open(f"{out}/metrics.jsonl") if '"step": 1,' in x][0]["loss"]
 print(json.dumps({"both": loss(first[0] + first[1]), "one": loss(first[0]), "logged": logged,
                   "seen": [i for row in rows for i in row["ids"]], "all": sorted(recs)}))

@@ -111,6 +111,60 @@ def test_segments_are_connected_and_bounded():
     assert s.shape == (1, 5)
 
 
+def _greedy_ward(x: np.ndarray, adjacent) -> list:
+    """Reference: merge the adjacent pair of clusters with the least Ward cost
+    n_a n_b / (n_a + n_b) ||mean_a - mean_b||^2 until the wanted count; clusters as index sets."""
+    clusters = [{i} for i in range(len(x))]
+
+    def cost(a, b):
+        ma, mb = x[sorted(a)].mean(0), x[sorted(b)].mean(0)
+        return len(a) * len(b) / (len(a) + len(b)) * ((ma - mb) ** 2).sum()
+
+    def merge_once():
+        pairs = [(cost(a, b), i, j) for i, a in enumerate(clusters) for j, b in enumerate(clusters)
+                 if i < j and any(adjacent(p, q) for p in a for q in b)]
+        _, i, j = min(pairs)
+        clusters[i] |= clusters.pop(j)
+    return clusters, merge_once
+
+
+def _partition(labels: np.ndarray) -> list:
+    return sorted(sorted(np.flatnonzero(labels == k).tolist()) for k in np.unique(labels) if k >= 0)
+
+
+def test_segments_of_a_hand_made_grid():
+    """4x4 grid: the left and right columns look alike, the middle ones differ; connectivity keeps
+    the two outer columns apart (k=3), and labels count segments by their first patch."""
+    col = np.arange(16) % 4
+    f = np.where(np.isin(col, [0, 3])[:, None], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0])
+    f = f + 1e-3 * np.random.default_rng(0).normal(size=f.shape)
+    lab = segment_patches(f, np.ones(16, bool), 3)
+    np.testing.assert_array_equal(lab, np.tile([0, 1, 1, 2], 4))
+    quad = (np.arange(16) // 8) * 2 + (col >= 2)                   # 0 1 / 2 3 quadrants
+    g = np.eye(4)[quad] + 1e-3 * np.random.default_rng(1).normal(size=(16, 4))
+    np.testing.assert_array_equal(segment_patches(g, np.ones(16, bool), 4), quad)
+    np.testing.assert_array_equal(segment_patches(g, np.ones(16, bool), 16), np.arange(16))
+
+
+@pytest.mark.parametrize("side, k, holes", [(4, 3, False), (5, 6, False), (4, 4, True), (3, 2, False)])
+def test_segments_match_greedy_ward(side, k, holes):
+    """The same partitions as greedy Ward merging on normalized features (grid neighbours only
+    when every patch is valid, any pair otherwise)."""
+    rng = np.random.default_rng(side * 10 + k)
+    for _ in range(5):
+        P = side * side
+        f = rng.normal(size=(P, 8))
+        valid = rng.random(P) > 0.3 if holes else np.ones(P, bool)
+        idx = np.flatnonzero(valid)
+        x = f[idx] / np.linalg.norm(f[idx], axis=1, keepdims=True)
+        grid = lambda p, q: abs(idx[p] // side - idx[q] // side) + abs(idx[p] % side - idx[q] % side) == 1  # noqa: E731
+        clusters, merge_once = _greedy_ward(x, (lambda p, q: True) if holes else grid)
+        while len(clusters) > min(k, len(idx)):
+            merge_once()
+        want = sorted(sorted(idx[sorted(c)].tolist()) for c in clusters)
+        assert _partition(segment_patches(f, valid, k)) == want
+
+
 def test_views_hide_the_right_elements():
     T, P, K = 6, 4, 2
     m = StageOneMasks(

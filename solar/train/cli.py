@@ -7,7 +7,8 @@ import typing
 
 import click
 
-from .config import RECIPES, TrainConfig
+from .config import TrainConfig
+from .registry import recipe_names, recipe_spec
 
 
 def _coerce(field: dataclasses.Field, raw: str):
@@ -35,6 +36,25 @@ def _coerce(field: dataclasses.Field, raw: str):
     return raw
 
 
+class RecipeName(click.ParamType):
+    """A name in the recipe registry, read when the option is parsed or shown (so recipes
+    registered after this module was imported count too)."""
+    name = "recipe"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(recipe_names()) + "]"
+
+    def convert(self, value, param, ctx):
+        try:
+            return recipe_spec(value).name
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
+
+    def shell_complete(self, ctx, param, incomplete):
+        from click.shell_completion import CompletionItem
+        return [CompletionItem(n) for n in recipe_names() if n.startswith(incomplete)]
+
+
 def _pairs(values: typing.Iterable[str], cls, what: str) -> dict:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     out = {}
@@ -51,8 +71,10 @@ def _pairs(values: typing.Iterable[str], cls, what: str) -> dict:
 
 
 @click.command("train")
-@click.option("--recipe", required=True, type=click.Choice(RECIPES),
-              help="stage1 / stage2 (SOLAR), gcl or clip (score-fusion baselines).")
+@click.option("--recipe", required=True, type=RecipeName(),
+              help="A registered recipe: stage1 / stage2 (SOLAR), gcl or clip (score-fusion "
+                   "baselines), the ablations *-no-*, or one added with "
+                   "solar.train.register_recipe.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run folder: checkpoint/, metrics.jsonl, final model.safetensors + config.json.")
 @click.option("--model", default=None,

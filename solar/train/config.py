@@ -1,4 +1,4 @@
-"""Training configuration: one dataclass for the four recipes.
+"""Training configuration: one dataclass for every registered recipe (solar.train.registry).
 
 Defaults are the project's choices where the papers are silent ([I] in docs/method.md); they
 fit the 2-core CPU machine with frozen offline towers and cached features.
@@ -9,20 +9,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
-RECIPES = ("stage1", "stage2", "gcl", "clip")
+from .registry import recipe_spec
+
 GLA_FORMS = ("mean", "local", "smoothmax")
 LOCAL_FORMS = ("pair", "element")
-DEFAULT_MODEL = {"stage1": "solar-offline", "stage2": None, "gcl": "score-fusion-offline",
-                 "clip": "score-fusion-offline"}
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs.
 
-    recipe: "stage1", "stage2", "gcl" or "clip".
+    recipe: a registered recipe name (``solar.train.registry``): "stage1", "stage2", "gcl",
+        "clip", the ablations ("stage1-no-mask", ...) or one added with ``register_recipe``.
     out_dir: run folder (checkpoint/, metrics.jsonl, the final model.safetensors + config.json).
-    model: preset name or checkpoint folder to start from (stage2: the stage-1 run folder).
+    model: preset name or checkpoint folder to start from (stage2: the stage-1 run folder);
+        None: the recipe's ``default_model``.
     model_overrides: ModelConfig fields replaced when ``model`` is a preset.
     data: one source spec or a list of them (anything ``solar-index ingest`` reads: folders,
         JSONL/CSV manifests, WebDataset shards, Parquet, ``clipart[:N]``, ``emoji[:N]``,
@@ -62,7 +63,7 @@ class TrainConfig:
     epochs: Optional[float] = None
     batch_size: int = 64
     grad_accum: int = 1
-    lr: Optional[float] = None             # None: 1e-3, or 1e-4 for stage2 (fine-tuning) [I]
+    lr: Optional[float] = None             # None: the recipe's default_lr (1e-3; stage2 1e-4) [I]
     weight_decay: float = 0.05
     warmup_steps: int = 20
     min_lr_ratio: float = 0.05
@@ -113,14 +114,14 @@ class TrainConfig:
     s2_distill: float = 0.0                # weight of global distillation of the documents
 
     def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
+        spec = recipe_spec(self.recipe)
         if self.model is None:
-            self.model = DEFAULT_MODEL[self.recipe]
+            self.model = spec.default_model
         if self.lr is None:
-            self.lr = 1e-4 if self.recipe == "stage2" else 1e-3
+            self.lr = spec.default_lr
         if self.model is None:
-            raise ValueError("recipe 'stage2' needs model= the stage-1 run folder")
+            raise ValueError(f"recipe {self.recipe!r} has no default model; it needs model= "
+                             "(stage 2: the stage-1 run folder)")
         for name in ("steps", "batch_size", "grad_accum", "feature_batch", "segments"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

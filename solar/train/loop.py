@@ -26,7 +26,7 @@ from .checkpoint import has_checkpoint, load_checkpoint, load_extra, save_checkp
 from .config import TrainConfig
 from .data import QuarantineLog, is_offline, offline_pairs, plan_data, specs_of
 from .features import LiveSource, cached_store
-from .recipes import RECIPES
+from .registry import recipe_class
 from .validate import validate
 
 
@@ -175,7 +175,7 @@ def _train_docs(cfg, model, data, device, log, info) -> dict:
     if cfg.epochs is not None:
         total = max(1, math.ceil(cfg.epochs * len(docs) / gb))
     model.to(device).train()
-    recipe = RECIPES[cfg.recipe](cfg, total)
+    recipe = recipe_class(cfg.recipe)(cfg, total)
     recipe.check(model)
     t1 = time.perf_counter()
     used = torch.cat([batch_indices(len(source), s, a, cfg)
@@ -201,11 +201,8 @@ def _train_docs(cfg, model, data, device, log, info) -> dict:
 def _train_stream(cfg, model, data, device, log, info) -> dict:
     """A stream of shards read and decoded by DataLoader workers (solar.train.stream)."""
     from .stream import DocStream, WorkerState, make_loader
-    per_batch = cfg.recipe == "stage2"
-    if per_batch and cfg.mine_k > 0:
-        raise ValueError("recipe 'stage2' mines negatives among documents held in memory: stream "
-                         "it with --set mine_k=0 (views and in-batch negatives only), or pass "
-                         "--no-stream / a subset (--limit)")
+    cls = recipe_class(cfg.recipe)
+    per_batch = cls.setup_per_batch
     K, W, r = max(1, cfg.data_workers), dist.world(), dist.rank()
     states = [WorkerState() for _ in range(K)]
     probe = DocStream(data.stream, cfg.batch_size, cfg.data_workers, r, W, states)
@@ -214,8 +211,9 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
         raise ValueError("grad_accum exceeds the batches per epoch of the stream")
     total = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * per_epoch))
     model.to(device).train()
-    recipe = RECIPES[cfg.recipe](cfg, total)
+    recipe = cls(cfg, total)
     recipe.check(model)
+    recipe.check_stream()
     if not per_batch:
         recipe.setup(model, None, device, None)
     opt = make_optimizer(model, cfg)

@@ -1,5 +1,7 @@
 """The four training recipes: stage1, stage2 (SOLAR), gcl and clip (baselines).
 
+Each registers itself by name (``solar.train.registry``); the loop looks recipes up there.
+
 A recipe turns one micro-batch of DocFeatures into (loss, metrics).  Contrastive losses go
 through the ``solar`` ops (``contrastive_loss``, ``gcl_loss``, ``multi_positive_infonce``) and the
 embeddings they compare are all-gathered with gradients, so denominators span the global batch.
@@ -23,6 +25,7 @@ from .losses import (element_alignment, gla_hinge, gla_local_hinge, gla_smoothma
 from .mining import neighbour_pools, sample_negatives
 from .mixing import mix_patches, mix_texts, token_owners
 from .qda import RunningQDA, annealed_mask, rho_schedule
+from .registry import register_recipe
 from .views import StageOneMasks, build_views, segment_patches, segment_scores
 
 G = dist.all_gather_grad
@@ -33,8 +36,14 @@ def _scale(model) -> torch.Tensor:
 
 
 class Recipe:
-    """Base: ``setup`` runs once before any resume; ``loss`` per micro-batch."""
+    """Base: ``setup`` runs once before any resume; ``loss`` per micro-batch.
+
+    ``arch``: the model class the recipe needs (None: any).  ``setup_per_batch``: ``setup``
+    prepares state for the documents of the source it is given; on a stream the loop then calls
+    it for every batch (a source of that batch alone).
+    """
     arch = None
+    setup_per_batch = False
 
     def __init__(self, cfg: TrainConfig, total_steps: int):
         self.cfg = cfg
@@ -44,6 +53,9 @@ class Recipe:
         if self.arch is not None and not isinstance(model, self.arch):
             raise ValueError(f"recipe {self.cfg.recipe!r} needs a {self.arch.__name__}, got "
                              f"{type(model).__name__} (model={self.cfg.model!r})")
+
+    def check_stream(self) -> None:
+        """Raise ValueError when the recipe cannot train on a stream."""
 
     def setup(self, model, source, device, used=None) -> None:
         """``used``: indices of the documents the run's batches will contain."""
@@ -59,6 +71,7 @@ class Recipe:
 
 
 # --------------------------------------------------------------------------- stage 1
+@register_recipe("stage1", default_model="solar-offline")
 class Stage1(Recipe):
     """ITC on masked unimodal globals + lambda1 GLA + lambda2 GD + lambda3 LD (docs/method.md, "Stage 1")."""
     arch = SolarModel
@@ -188,21 +201,29 @@ class Stage1(Recipe):
 
 
 # --------------------------------------------------------------------------- stage 2
+@register_recipe("stage2", default_model=None, default_lr=1e-4)
 class Stage2(Recipe):
     """Multi-positive InfoNCE over mask-built views and mined negatives (docs/method.md, "Stage 2")."""
     arch = SolarModel
+    setup_per_batch = True
 
     def __init__(self, cfg, total_steps):
         super().__init__(cfg, total_steps)
         self.gen = torch.Generator().manual_seed(cfg.seed + 17)
+
+    def check_stream(self) -> None:
+        if self.cfg.mine_k > 0:
+            raise ValueError(f"recipe {self.cfg.recipe!r} mines negatives among documents held in "
+                             "memory: stream it with --set mine_k=0 (views and in-batch negatives "
+                             "only), or pass --no-stream / a subset (--limit)")
 
     @torch.no_grad()
     def setup(self, model, source, device, used=None) -> None:
         """Freeze the stage-1 masks (for the documents in ``used``, default all) and mine pools."""
         tau_t, tau_i = model.tau
         if not (math.isfinite(tau_t) and math.isfinite(tau_i)):
-            raise ValueError("recipe 'stage2' needs a stage-1 model (its thresholds are not set): "
-                             "pass model= the stage-1 run folder")
+            raise ValueError(f"recipe {self.cfg.recipe!r} needs a stage-1 model (its thresholds "
+                             "are not set): pass model= the stage-1 run folder")
         was = model.training
         model.eval()
         N, T, K = len(source), model.text_tower.num_tokens, self.cfg.segments
@@ -354,6 +375,7 @@ def three_embeddings(model, feats):
     return model.image_only(v, wv), model.text_only(l, wl), model.joint(v, wv, l, wl)
 
 
+@register_recipe("gcl", default_model="score-fusion-offline")
 class GCL(Recipe):
     """GCL's 3N x 3N loss over [e_i; e_t; e_it] (docs/method.md, "Baselines")."""
 
@@ -363,6 +385,7 @@ class GCL(Recipe):
         return loss, {"logit_scale": _scale(model).item()}
 
 
+@register_recipe("clip", default_model="score-fusion-offline")
 class CLIP(Recipe):
     """Plain image-text InfoNCE on e_i, e_t (the "+CL" baseline); documents use e_it."""
 
@@ -375,5 +398,3 @@ class CLIP(Recipe):
         loss = ops.contrastive_loss(G(e_i), G(e_t), _scale(model), backend=None)
         return loss, {"logit_scale": _scale(model).item()}
 
-
-RECIPES = {"stage1": Stage1, "stage2": Stage2, "gcl": GCL, "clip": CLIP}

@@ -3,8 +3,8 @@
 Per document (precomputed once with the stage-1 model):
   * text: which tokens are intersection (score > tau_L) and which are difference;
   * image: patches grouped into at most K segments by agglomerative clustering of the adapter
-    features (Ward linkage, 4-neighbour grid connectivity) [I]; a segment's score is the mean of
-    its patch scores, and it is intersection when that mean exceeds tau_V.
+    features (Ward linkage, 4-neighbour grid connectivity; scikit-learn) [I]; a segment's score
+    is the mean of its patch scores, and it is intersection when that mean exceeds tau_V.
 Per step, views hide elements of ONE modality each [I] (the partner modality keeps the content):
   positive text view   : hide a random ``pos_ratio`` share of the intersection tokens;
   positive image view  : hide intersection segments (random order) up to ``area_cap`` of patches;
@@ -42,61 +42,43 @@ class StageOneMasks:
 def segment_patches(feats: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
     """Agglomerative (Ward) clustering of one image's (P, W) patch features into <= k segments.
 
-    Features are L2-normalized; on a square grid only 4-neighbour clusters may merge, so segments
-    are spatially connected.  Returns (P,) int64 labels in 0..k-1, -1 for invalid patches.
+    Features are L2-normalized; on a square grid with every patch valid only 4-neighbour
+    clusters may merge, so segments are spatially connected (scikit-learn's
+    ``AgglomerativeClustering``, Ward linkage with a connectivity graph).  Returns (P,) int64
+    labels in 0..k-1, numbered by each segment's first patch; -1 for invalid patches.
     """
     P = feats.shape[0]
     labels = np.full(P, -1, dtype=np.int64)
     idx = np.flatnonzero(valid)
     if idx.size == 0:
         return labels
+    if k >= idx.size:                                # as many segments as patches
+        labels[idx] = np.arange(idx.size)
+        return labels
     x = feats[idx].astype(np.float64)
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    adj = _adjacency(P, idx)
-    root = _ward(x, adj, min(k, idx.size))
-    _, labels[idx] = np.unique(root, return_inverse=True)
+    try:
+        from sklearn.cluster import AgglomerativeClustering
+    except ImportError:
+        raise ImportError("stage 2 segments patches with scikit-learn: pip install "
+                          "'scikit-learn>=1.3'") from None
+    found = AgglomerativeClustering(n_clusters=k, linkage="ward",
+                                    connectivity=_grid_connectivity(P, idx)).fit_predict(x)
+    first = np.unique(found, return_index=True)[1]              # each cluster's first patch
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(first.size)
+    labels[idx] = rank[found]
     return labels
 
 
-def _adjacency(P: int, idx: np.ndarray) -> np.ndarray:
-    """(n, n) bool: which valid patches may merge (grid neighbours, or all pairs off-grid)."""
-    n = idx.size
+def _grid_connectivity(P: int, idx: np.ndarray):
+    """(n, n) 0/1 4-neighbour adjacency of the valid patches on a square grid of P patches;
+    None (any two clusters may merge) off-grid or when some patches are invalid."""
     side = int(round(P ** 0.5))
-    if side * side != P or n != P:
-        return ~np.eye(n, dtype=bool)
+    if side * side != P or idx.size != P:
+        return None
     r, c = np.divmod(np.arange(P), side)
-    return (np.abs(r[:, None] - r[None]) + np.abs(c[:, None] - c[None])) == 1
-
-
-def _ward(x: np.ndarray, adj: np.ndarray, k: int) -> np.ndarray:
-    """Greedy Ward merging of (n, W) points under an adjacency until k clusters remain.
-
-    Merge cost of clusters a, b: n_a n_b / (n_a + n_b) * ||mean_a - mean_b||^2; after a merge
-    only the merged cluster's row of the cost matrix changes.  Returns (n,) cluster ids.
-    """
-    n = x.shape[0]
-    sums, counts = x.copy(), np.ones(n)
-    sq = (x * x).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
-    cost = np.where(adj, 0.5 * d2, np.inf)
-    np.fill_diagonal(cost, np.inf)
-    owner = np.arange(n)
-    for _ in range(n - k):
-        flat = cost.argmin()
-        if not np.isfinite(cost.flat[flat]):
-            break
-        a, b = divmod(flat, n)
-        sums[a] += sums[b]
-        counts[a] += counts[b]
-        owner[owner == b] = a
-        neigh = np.isfinite(cost[a]) | np.isfinite(cost[b])
-        neigh[[a, b]] = False
-        cost[b, :] = cost[:, b] = np.inf
-        mean_a = sums[a] / counts[a]
-        means = sums / counts[:, None]
-        row = counts[a] * counts / (counts[a] + counts) * ((means - mean_a) ** 2).sum(1)
-        cost[a, :] = cost[:, a] = np.where(neigh, row, np.inf)
-    return owner
+    return ((np.abs(r[:, None] - r[None]) + np.abs(c[:, None] - c[None])) == 1).astype(np.int8)
 
 
 def segment_scores(labels: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:

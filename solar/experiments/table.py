@@ -6,17 +6,17 @@ Methods (each for every seed; docs/results.md has the measured table):
     gcl            score fusion trained with the GCL loss
     solar_s1       SOLAR stage 1
     solar_s12      SOLAR stage 1 + 2 (stage 2 starts from solar_s1 of the same seed)
-Ablations of SOLAR stage 1 + 2 (each a stage-2 run, or stage 1 + 2 for "no_mask"):
-    no_mask                   stage 1 without the intersection mask (rho stays 1)
-    no_constructed_negatives  stage 2 without the mask-built negative views
-    no_mined_negatives        stage 2 without the offline-mined negatives
+Ablations of SOLAR stage 1 + 2, each trained by its registered recipe names (solar.train.ablations):
+    no_mask                   stage 1 without the intersection mask (rho stays 1), then stage 2
+    no_constructed_negatives  stage 2 without the mask-built negative views (from solar_s1)
+    no_mined_negatives        stage 2 without the offline-mined negatives (from solar_s1)
 
 Every run is a ``solar.train.train`` call on the same seeded subset of the training split; a run
-whose folder already holds a final model is reused, so an interrupted table resumes.
+whose folder already holds a final model is reused, so an interrupted table resumes.  The
+benchmark, evaluation and reports come from ``solar.eval``.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -26,7 +26,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 METHODS = ("score_fusion", "clip", "gcl", "solar_s1", "solar_s12")
-ABLATIONS = ("no_mask", "no_constructed_negatives", "no_mined_negatives")
+# ablation -> (stage-1 recipe, stage-2 recipe); one with the plain "stage1" starts from solar_s1
+ABLATION_RECIPES = {"no_mask": ("stage1-no-mask", "stage2"),
+                    "no_constructed_negatives": ("stage1", "stage2-no-constructed"),
+                    "no_mined_negatives": ("stage1", "stage2-no-mined")}
+ABLATIONS = tuple(ABLATION_RECIPES)
 LABELS = {"score_fusion": "score fusion, untrained", "clip": "image-text contrastive (CL)",
           "gcl": "GCL", "solar_s1": "SOLAR stage 1", "solar_s12": "SOLAR stage 1+2",
           "no_mask": "SOLAR 1+2, no mask", "no_constructed_negatives": "SOLAR 1+2, no constructed negatives",
@@ -38,7 +42,7 @@ class TableConfig:
     """out_dir: runs, results.json and table.md.  train_docs: seeded subset of the training split
     (None: all of it).  steps: optimizer steps per recipe.  model_overrides: ModelConfig fields
     of the starting presets (all methods share them).  train_set: extra TrainConfig fields
-    for every run (ablations: ``solar.eval.ablations``)."""
+    for every run."""
     out_dir: str = "out/results_table"
     seeds: tuple = (0, 1, 2)
     methods: tuple = METHODS
@@ -87,21 +91,18 @@ def train_pairs(cfg: TableConfig) -> list:
     return [p for p in pairs if p.id in keep]
 
 
-def _train(cfg: TableConfig, pairs, run: Path, log: Callable, ablation: Optional[str] = None,
-           **kw) -> Path:
+def _train(cfg: TableConfig, pairs, run: Path, log: Callable, **kw) -> Path:
     from solar.train import TrainConfig, train
-
-    from .ablations import ablated_training
     tc = TrainConfig(out_dir=str(run), data=cfg.data, batch_size=cfg.batch_size,
                      cache_dir=cfg.cache_dir, progress=False, **{**cfg.train_set, **kw})
     if (run / "model.safetensors").is_file() and _same_config(run, tc):
         log(f"reuse {run}")
         return run
     if (run / "train_config.json").is_file() and not _same_config(run, tc):
-        raise ValueError(f"{run} holds a run with another training config; use another out_dir")
+        raise ValueError(f"{run} holds a run with another training config; use another out_dir "
+                         "or remove that run folder")
     t = time.perf_counter()
-    with ablated_training(ablation) if ablation else contextlib.nullcontext():
-        summary = train(tc, pairs=pairs)
+    summary = train(tc, pairs=pairs)
     log(f"trained {run.name}: {summary['steps']} steps, {time.perf_counter() - t:.0f} s, "
         f"loss {summary['losses'][0]:.3f} -> {summary['losses'][-1]:.3f}")
     return run
@@ -132,26 +133,28 @@ def _runs_for_seed(cfg: TableConfig, pairs, seed: int, log: Callable) -> dict:
     for m in ("clip", "gcl"):
         if m in cfg.methods:
             out[m] = tr(m, recipe=m, steps=st[m], **mo)
-    need_s1 = {"solar_s1", "solar_s12"} & set(cfg.methods) or {"no_constructed_negatives", "no_mined_negatives"} & set(cfg.ablations)
+    need_s1 = ({"solar_s1", "solar_s12"} & set(cfg.methods)
+               or any(ABLATION_RECIPES[a][0] == "stage1" for a in cfg.ablations))
     if need_s1:
         s1 = tr("solar_s1", recipe="stage1", steps=st["stage1"], **mo)
         out["solar_s1"] = s1
         if "solar_s12" in cfg.methods:
             out["solar_s12"] = tr("solar_s12", recipe="stage2", model=str(s1), steps=st["stage2"])
     for a in cfg.ablations:
-        if a == "no_mask":
-            s1a = tr("no_mask_s1", recipe="stage1", steps=st["stage1"], ablation=a, **mo)
-            out[a] = tr("no_mask_s12", recipe="stage2", model=str(s1a), steps=st["stage2"])
+        r1, r2 = ABLATION_RECIPES[a]
+        if r1 == "stage1":
+            out[a] = tr(a, recipe=r2, model=str(out["solar_s1"]), steps=st["stage2"])
         else:
-            out[a] = tr(a, recipe="stage2", model=str(out["solar_s1"]), steps=st["stage2"], ablation=a)
+            s1a = tr(f"{a}_s1", recipe=r1, steps=st["stage1"], **mo)
+            out[a] = tr(f"{a}_s12", recipe=r2, model=str(s1a), steps=st["stage2"])
     if "solar_s1" not in cfg.methods:
         out.pop("solar_s1", None)
     return out
 
 
 def _bench(cfg: TableConfig, log: Callable):
-    from .construct import BenchmarkConfig, build_benchmark
-    from .manifest import load_benchmark
+    from solar.eval.construct import BenchmarkConfig, build_benchmark
+    from solar.eval.manifest import load_benchmark
     path = Path(cfg.out_dir) / "benchmark.jsonl"
     bcfg = BenchmarkConfig(seed=cfg.bench_seed, max_items=cfg.bench_max_items)
     if path.is_file():
@@ -168,11 +171,10 @@ def _bench(cfg: TableConfig, log: Callable):
 
 def run_table(cfg: TableConfig, log: Callable = print) -> dict:
     """Train, evaluate and aggregate; writes results.json and table.md into ``cfg.out_dir``."""
+    from solar.eval.embed import TowerCache
+    from solar.eval.evaluate import evaluate
+    from solar.eval.run import manifest_digest
     from solar.model import load_model
-
-    from .embed import TowerCache
-    from .evaluate import evaluate
-    from .run import manifest_digest
     t0 = time.perf_counter()
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,7 +208,7 @@ def run_table(cfg: TableConfig, log: Callable = print) -> dict:
 
 def render_tables(result: dict) -> str:
     """Main table and ablations (mean ± sample std over seeds) plus the asymmetric tasks."""
-    from .report import aggregate, asym_table, markdown_table
+    from solar.eval.report import aggregate, asym_table, markdown_table
     groups: dict = {}
     for key, r in result["runs"].items():
         groups.setdefault(key.split("/")[0], []).append(r)
@@ -224,7 +226,7 @@ def render_tables(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    """python -m solar.eval.table [--preset cpu|smoke] [--out-dir DIR] [--seeds 0,1,2]"""
+    """python -m solar.experiments.table [--preset cpu|cpu-short|smoke] [--out-dir DIR] [--seeds 0,1,2]"""
     import click
 
     @click.command()

@@ -161,7 +161,7 @@ def search(text, image, uri, token, collection, model, device, top_k, filter_exp
 @click.option("--model", default=None,
               help="Checkpoint folder or preset [default: $SOLAR_MODEL or solar-clipart].")
 @click.option("--out", type=click.Path(file_okay=False), default="solar_demo", show_default=True,
-              help="Folder for the Milvus Lite data and report.html.")
+              help="Folder for the Milvus Lite data, the held-out views and report.html.")
 @click.option("--limit", type=click.IntRange(min=2), default=None,
               help="Clip-art corpus pairs to ingest, besides the held-out items [default: 500].")
 @click.option("--all", "all_items", is_flag=True,
@@ -172,9 +172,12 @@ def search(text, image, uri, token, collection, model, device, top_k, filter_exp
 @click.option("--device", type=_DEVICES, default="auto", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo(model, out, limit, all_items, top_k, batch_size, workers, device, quiet):
-    """Ingest offline clip-art pairs plus held-out items under one view into a local Milvus Lite
-    folder, query with the held-out items under another view (image + text, image only, text
-    only) and free texts, and write OUT/report.html."""
+    """Ingest clip-art pairs and held-out items under one view into a local Milvus Lite folder,
+    query with the items' other view (image + text, image only, text only) and write
+    OUT/report.html.
+
+    The held-out items come from the clip-art test split (never trained on); the report marks
+    where each query found its stored view, and free text queries follow."""
     from .demo import DEMO_LIMIT, DemoConfig, run_demo
     from .ingest import default_workers
     if all_items and limit is not None:

@@ -15,11 +15,12 @@ only) for the fifth and the keywords alone (text only) for the sixth; then a few
 each held-out query the report marks its other view among the hits and gives its rank (searched
 ``RANK_DEPTH`` deep).  The held-out items are a pure function of ``heldout_seed``.
 
-With the offline model on 2 CPU cores the first run took about 1 minute (ingest 39 s at 13
-docs/s on an otherwise idle machine, 104 s at 4.8 docs/s on a busy one) and a re-run about 30 s.
-``limit=None`` takes the whole set (6,884 pairs here; by extrapolation 10 to 25 minutes there).
-A re-run skips every stored document (ledger and content ids), so it pays only for the model load,
-the queries and the page.
+With the shipped model on 2 CPU cores shared with a training job, the first run took about 2
+minutes (ingest 79 s at 6.4 docs/s) and a re-run 55 s, most of it the heat maps of the 9 queries
+(36 s on a quieter machine).
+``limit=None`` takes the whole set as the corpus (6,884 pairs here; by extrapolation 10 to 20
+minutes there).  A re-run skips every stored document (ledger and content ids), so it pays only
+for the model load, the queries and the page.
 """
 from __future__ import annotations
 

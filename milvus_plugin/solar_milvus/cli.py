@@ -188,6 +188,9 @@ def demo(model, out, limit, all_items, top_k, batch_size, workers, device, quiet
                device=None if device == "auto" else device, progress=not quiet)
     res = _run(run_demo, cfg)
     click.echo(str(res.summary))
+    corpus = "all" if cfg.limit is None else cfg.limit
+    click.echo(f"index: {corpus} clip-art corpus pairs + {len(res.heldout)} held-out test items "
+               f"stored under one view; their other view is the query")
     for q, hits, target in zip(res.queries, res.results, res.targets):
         doc = q.doc
         kind = ("image+text" if doc.image is not None and doc.text

@@ -105,8 +105,8 @@ def write_views(items: list, folder) -> Path:
     for it in items:
         name = f"{it.pair.id}.png"
         _write_if_changed(folder / name, it.stored_png)
-        meta = {"pair_id": it.pair.id, "title": it.title, "category": it.pair.meta.get("category", ""),
-                "split": "test", "view": "crop A on white, title"}
+        meta = {"pair_id": it.pair.id, "title": it.title, "split": "test",
+                "category": it.pair.meta.get("category", ""), "view": "crop A on white, title"}
         lines.append(json.dumps({"image": name, "text": it.stored.text, "meta": meta},
                                 ensure_ascii=False))
     manifest = folder / f"{HELDOUT_SOURCE}.jsonl"

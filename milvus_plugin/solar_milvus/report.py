@@ -129,6 +129,26 @@ class Target:
         return f"{self.label}: rank {self.rank} (score {self.score:.3f})"
 
 
+def _query_head(qi: int, query, label: str, target: Optional[Target], why, ma, mb) -> str:
+    """The query's title, image and text, the verdict on its target and the notes on the masks."""
+    head = f"Query {qi + 1}" + (f": {html.escape(label)}" if label else "")
+    parts = [f'<section id="q{qi + 1}"><h2>{head}</h2><div class="q">']
+    if query.image is not None:
+        parts.append(f'<img src="{_data_uri(_square(query.image))}" alt="query image">')
+    parts.append(f'<p class="qt">{html.escape(query.text or "(image only)")}</p></div>')
+    if target is not None:
+        ok = "ok" if target.rank == 1 else "near" if target.rank is not None else "miss"
+        parts.append(f'<p class="verdict {ok}">{html.escape(target.verdict())}</p>')
+    notes = [w for w in why if w]
+    for name, m in (("result image x query text", ma), ("query image x result text", mb)):
+        if m is not None:
+            src = "from training" if m.thresholds_source == "model" else "estimated on these pairs"
+            notes.append(f"{name}: thresholds text {m.tau_text:.3f}, image {m.tau_image:.3f} "
+                         f"({src})")
+    parts.extend(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    return "".join(parts)
+
+
 def _query_block(qi: int, query, hits, model, cache: dict, label: str = "",
                  target: Optional[Target] = None) -> str:
     shown = list(enumerate(hits, 1))
@@ -140,21 +160,7 @@ def _query_block(qi: int, query, hits, model, cache: dict, label: str = "",
     b_idx = [i for i, (_, h) in enumerate(shown) if h.text and query.image is not None]
     ma, why_a = _masks(model, [res_imgs[i] for i in a_idx], [query.text] * len(a_idx))
     mb, why_b = _masks(model, [query.image] * len(b_idx), [shown[i][1].text for i in b_idx])
-    head = f"Query {qi + 1}" + (f": {html.escape(label)}" if label else "")
-    parts = [f'<section id="q{qi + 1}"><h2>{head}</h2><div class="q">']
-    if query.image is not None:
-        parts.append(f'<img src="{_data_uri(_square(query.image))}" alt="query image">')
-    parts.append(f'<p class="qt">{html.escape(query.text or "(image only)")}</p></div>')
-    if target is not None:
-        ok = "ok" if target.rank == 1 else "near" if target.rank is not None else "miss"
-        parts.append(f'<p class="verdict {ok}">{html.escape(target.verdict())}</p>')
-    notes = [w for w in (why_a, why_b) if w]
-    for name, m in (("result image x query text", ma), ("query image x result text", mb)):
-        if m is not None:
-            notes.append(f"{name}: thresholds text {m.tau_text:.3f}, image {m.tau_image:.3f} "
-                         f"({'from training' if m.thresholds_source == 'model' else 'estimated on these pairs'})")
-    if notes:
-        parts.append("".join(f'<p class="note">{html.escape(n)}</p>' for n in notes))
+    parts = [_query_head(qi, query, label, target, (why_a, why_b), ma, mb)]
     parts.append('<table><tr><th>#</th><th>score</th><th>result</th><th>result image &times; '
                  'query text</th><th>query image &times; result text</th><th>text</th>'
                  '<th>source / id</th></tr>')
@@ -174,17 +180,20 @@ def _row(rank, h, img, query, ma, ka, mb, kb, mark: str = "") -> str:
     heat_a = heat_b = "&mdash;"
     text = html.escape(h.text or "(image only)")
     if ma is not None and ka is not None and ma.grid:
-        heat_a = (f'<img src="{_data_uri(heat_overlay(img, ma.patch_scores[ka], ma.patch_masks[ka], ma.grid))}">'
-                  f'<br>{_token_html(ma.tokens[ka], ma.token_scores[ka], ma.token_masks[ka])}')
+        over = heat_overlay(img, ma.patch_scores[ka], ma.patch_masks[ka], ma.grid)
+        words = _token_html(ma.tokens[ka], ma.token_scores[ka], ma.token_masks[ka])
+        heat_a = f'<img src="{_data_uri(over)}"><br>{words}'
     if mb is not None and kb is not None:
         if mb.grid:
-            heat_b = f'<img src="{_data_uri(heat_overlay(query.image, mb.patch_scores[kb], mb.patch_masks[kb], mb.grid))}">'
+            over = heat_overlay(query.image, mb.patch_scores[kb], mb.patch_masks[kb], mb.grid)
+            heat_b = f'<img src="{_data_uri(over)}">'
         text = _token_html(mb.tokens[kb], mb.token_scores[kb], mb.token_masks[kb])
     badge = f'<br><span class="badge">{html.escape(mark)}</span>' if mark else ""
     cls = ' class="target"' if mark else ""
-    return (f"<tr{cls}><td>{rank}</td><td>{h.score:.3f}{badge}</td><td>{thumb}</td><td>{heat_a}</td>"
-            f"<td>{heat_b}</td><td class='t'>{text}</td><td class='s'>{html.escape(h.source)}"
-            f"<br><code>{html.escape(h.id[:12])}</code></td></tr>")
+    return (f"<tr{cls}><td>{rank}</td><td>{h.score:.3f}{badge}</td><td>{thumb}</td>"
+            f"<td>{heat_a}</td><td>{heat_b}</td><td class='t'>{text}</td>"
+            f"<td class='s'>{html.escape(h.source)}<br><code>{html.escape(h.id[:12])}</code>"
+            f"</td></tr>")
 
 
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}

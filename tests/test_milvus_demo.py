@@ -64,6 +64,7 @@ def test_index_holds_corpus_plus_one_view_per_heldout_item(demo, rows):
     assert len(corpus) == LIMIT and not held & {r["meta"]["pair_id"] for r in corpus}
     assert sorted(r["meta"]["pair_id"] for r in stored) == sorted(held)
     assert {r["id"] for r in stored} == {it.doc_id for it in res.heldout}
+    assert res.originals == [] and "held-out item(s) whole" not in res.report.read_text()
 
 
 def test_queries_are_not_stored_and_their_other_view_is(demo, rows):
@@ -148,3 +149,35 @@ def test_config_checks():
     from solar_milvus.demo import DemoConfig
     with pytest.raises(ValueError, match="heldout"):
         DemoConfig(heldout=2)
+
+
+class _OnePair:
+    """A clip-art source of one pair, with the records the ``clipart`` source makes."""
+    name = "openclipart"
+
+    def __init__(self, pair):
+        self.pair = pair
+
+    def __iter__(self):
+        from solar.data.records import make_record
+        p = self.pair
+        with open(p.image_path, "rb") as f:
+            data = f.read()
+        yield make_record(p.image_path, data, p.text, image_uri=p.image_path, source=self.name,
+                          meta={**p.meta, "pair_id": p.id})
+
+
+def test_a_heldout_item_stored_whole_is_reported(tmp_path):
+    from solar_milvus.demo import DemoConfig, run_demo
+    from solar_milvus.heldout import pick_heldout
+    from solar_milvus.ingest import IngestConfig, ingest
+    from solar_milvus.models import load_embedder
+    cfg = DemoConfig(model="solar-tiny-random", out=str(tmp_path), limit=2, heldout=3, top_k=2,
+                     workers=0, progress=False)
+    pair = pick_heldout(3)[1].pair           # as an earlier run with other items would store it
+    earlier = IngestConfig([_OnePair(pair)], uri=str(tmp_path / "milvus.db"), token="",
+                           collection=cfg.collection, workers=0, progress=False)
+    ingest(load_embedder(cfg.model), earlier)
+    res = run_demo(cfg)
+    assert len(res.originals) == 1 and res.summary.ingested == 2 + 3
+    assert "also holds 1 held-out item(s) whole" in res.report.read_text()

@@ -200,6 +200,9 @@ def demo(model, out, limit, all_items, top_k, batch_size, workers, device, quiet
         found = f"{target.verdict()}; " if target is not None else ""
         line = f"query [{kind}] {(doc.text or '')[:40]!r}: {found}top hit {label}"
         click.echo(terminal_safe(line))
+    if res.originals:
+        from .demo import originals_warning
+        click.echo(originals_warning(len(res.originals)), err=True)
     t = res.timings
     click.echo(f"report: {res.report}  (model {t['model_s']:.1f} s, ingest {t['ingest_s']:.1f} s, "
                f"search {t['search_s']:.1f} s, total {t['total_s']:.1f} s)")

@@ -122,6 +122,17 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+def stored_originals(client, collection: str, items: list) -> list[str]:
+    """Ids of corpus rows that hold a held-out item whole (left by a run that chose other items,
+    or by an older layout of the folder): each would be a second stored view of its item."""
+    if not items:
+        return []
+    same = " or ".join(f'meta["pair_id"] == {json.dumps(it.pair.id)}' for it in items)
+    rows = client.query(collection, filter=f'source == "{CorpusSource.name}" and ({same})',
+                        output_fields=["id"], consistency_level="Strong")
+    return [r["id"] for r in rows]
+
+
 class CorpusSource:
     """The first ``limit`` clip-art pairs (all when None) in the set's stable order, leaving out
     the pairs whose id is in ``exclude``; records exactly as the ``clipart`` source makes them."""

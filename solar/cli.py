@@ -29,8 +29,9 @@ _COMMANDS = {
     "search": ("solar_milvus.cli", "search",
                "Search with a query document: --text, --image or both (one space for all three)."),
     "demo": ("solar_milvus.cli", "demo",
-             "Ingest the offline clip-art set into a local Milvus Lite folder, run symmetric "
-             "queries (text only, image only, image + text) and write OUT/report.html."),
+             "Ingest clip-art pairs and held-out items under one view into a local Milvus "
+             "Lite folder, query with the items' other view (image + text, image only, text "
+             "only) and write OUT/report.html."),
 }
 
 

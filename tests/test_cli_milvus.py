@@ -111,12 +111,16 @@ def test_demo_happy_path_and_rerun(tmp_path):
             "--workers", 0, "--top-k", 3]
     r = _run(*args)
     assert r.exit_code == 0, r.output
-    assert "ingested 6" in r.output and r.output.count("query [") == 5
+    from solar_milvus.demo import DEMO_HELDOUT, DEMO_TEXT_QUERIES
+    stored = 6 + DEMO_HELDOUT                   # the corpus and one view per held-out item
+    assert f"ingested {stored}," in r.output
+    assert r.output.count("query [") == DEMO_HELDOUT + len(DEMO_TEXT_QUERIES)
+    assert r.output.count(": its other view: rank ") == DEMO_HELDOUT   # 12 docs, searched 100 deep
     assert "query [image+text]" in r.output and "query [image]" in r.output
     assert (out / "report.html").is_file() and (out / "milvus.db").is_dir()
     assert "Heat maps" in (out / "report.html").read_text()
     again = _run(*args)
-    assert again.exit_code == 0 and "skipped as already present 6" in again.output
+    assert again.exit_code == 0 and f"skipped as already present {stored}" in again.output
 
 
 @pytest.mark.parametrize("args,needle", [

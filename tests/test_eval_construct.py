@@ -112,3 +112,22 @@ def test_config_errors():
         BenchmarkConfig(max_items=2)
     with pytest.raises(ValueError, match="crop_min"):
         BenchmarkConfig(crop_min=0.3)
+
+
+def test_item_views_two_views_of_one_item():
+    from solar.eval.construct import item_views
+    test = offline_split(BenchmarkConfig(sources=("openclipart",)))["test"]
+    with_kw = [p for p in test if p.meta["keywords"] and p.meta["title"]][:5]
+    views = [(p, item_views(p)) for p in with_kw]
+    assert sum(v is not None for _, v in views) >= 3
+    for p, v in views:
+        if v is None:
+            continue
+        a, b = v["anchor"], v["positive"]
+        assert a["text"] == p.meta["title"] and b["text"] != a["text"]
+        assert a["image"]["pixels"] != b["image"]["pixels"]
+        assert pixel_hash(render(a["image"])) == a["image"]["pixels"]
+        assert item_views(p) == v                                  # a pure function of the item
+        assert item_views(p, BenchmarkConfig(seed=1)) != v
+    no_kw = next(p for p in test if not p.meta["keywords"])
+    assert item_views(no_kw) is None

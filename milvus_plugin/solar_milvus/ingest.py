@@ -43,8 +43,9 @@ def check_job_fields(cfg) -> None:
 
 @dataclass
 class IngestConfig:
-    """sources: source specs (see solar.data.open_source); uri/token: Milvus (None: MILVUS_URI /
-    MILVUS_TOKEN or the Lite default); batch_size: documents per encode and upsert;
+    """sources: source specs (see solar.data.open_source) or source objects (iterables of
+    RawRecord with a ``name``); uri/token: Milvus (None: MILVUS_URI / MILVUS_TOKEN or the Lite
+    default); batch_size: documents per encode and upsert;
     workers: decode processes (0: decode in a thread); resume: use the ledger; retries: upsert
     retries; ledger/quarantine: file paths (None: under default_state_dir(uri))."""
     sources: list
@@ -73,7 +74,7 @@ class IngestConfig:
 
     def open_sources(self) -> list:
         """The source objects (ValueError naming a bad spec), with ``limit`` applied."""
-        sources = [open_source(s) for s in self.sources]
+        sources = [open_source(s) if isinstance(s, str) else s for s in self.sources]
         if self.limit is not None:
             from solar.data.sources import LimitedSource
             sources = [LimitedSource(_Chain(sources), self.limit)]

@@ -6,12 +6,17 @@ The heat maps come from the model's ``intersection_masks(images, texts)`` on the
 (query image, result text) shows which of the result's words match the query's picture.  A patch
 or token over the model's threshold is drawn strong, the rest faint.  Images are embedded as data
 URIs, so the page is one self-contained file.
+
+A query may come with a ``Target``, the stored document it should find: that hit is marked with
+a badge, its rank is shown (a row under the top k when it ranked lower), and a table at the top
+of the page lists every query's target rank.
 """
 from __future__ import annotations
 
 import base64
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -94,76 +99,168 @@ def _load(uri: str, cache: dict):
     return cache[uri]
 
 
-def _query_block(qi: int, query, hits, model, cache: dict) -> str:
-    res_imgs = [_load(h.image_uri, cache) if h.image_uri else None for h in hits]
-    # Cross pairs: (result image, query text) and (query image, result text).
-    a_idx = [i for i, im in enumerate(res_imgs) if im is not None and query.text]
-    b_idx = [i for i, h in enumerate(hits) if h.text and query.image is not None]
-    ma, why_a = _masks(model, [res_imgs[i] for i in a_idx], [query.text] * len(a_idx))
-    mb, why_b = _masks(model, [query.image] * len(b_idx), [hits[i].text for i in b_idx])
-    parts = [f'<section><h2>Query {qi + 1}</h2><div class="q">']
+@dataclass
+class Target:
+    """The stored document a query should find (for the demo: the query item's other view) and
+    where the search ranked it: ``rank`` is 1-based, None when it was not among the ``depth``
+    hits searched; ``hit`` is its Hit when found."""
+    id: str
+    depth: int
+    rank: Optional[int] = None
+    hit: Optional[object] = None
+    label: str = "its other view"
+
+    @classmethod
+    def find(cls, doc_id: str, hits: Sequence, label: str = "its other view") -> "Target":
+        """Locate ``doc_id`` in ``hits`` (best first, as deep as searched)."""
+        for r, h in enumerate(hits, 1):
+            if h.id == doc_id:
+                return cls(doc_id, len(hits), r, h, label)
+        return cls(doc_id, len(hits), None, None, label)
+
+    @property
+    def score(self) -> Optional[float]:
+        return None if self.hit is None else self.hit.score
+
+    def verdict(self) -> str:
+        """One line, e.g. "its other view: rank 1 (score 0.812)"."""
+        if self.rank is None:
+            return f"{self.label}: not in the top {self.depth}"
+        return f"{self.label}: rank {self.rank} (score {self.score:.3f})"
+
+
+def _query_head(qi: int, query, label: str, target: Optional[Target], why, ma, mb) -> str:
+    """The query's title, image and text, the verdict on its target and the notes on the masks."""
+    head = f"Query {qi + 1}" + (f": {html.escape(label)}" if label else "")
+    parts = [f'<section id="q{qi + 1}"><h2>{head}</h2><div class="q">']
     if query.image is not None:
         parts.append(f'<img src="{_data_uri(_square(query.image))}" alt="query image">')
     parts.append(f'<p class="qt">{html.escape(query.text or "(image only)")}</p></div>')
-    notes = [w for w in (why_a, why_b) if w]
-    for label, m in (("result image x query text", ma), ("query image x result text", mb)):
+    if target is not None:
+        ok = "ok" if target.rank == 1 else "near" if target.rank is not None else "miss"
+        parts.append(f'<p class="verdict {ok}">{html.escape(target.verdict())}</p>')
+    notes = [w for w in why if w]
+    for name, m in (("result image x query text", ma), ("query image x result text", mb)):
         if m is not None:
-            notes.append(f"{label}: thresholds text {m.tau_text:.3f}, image {m.tau_image:.3f} "
-                         f"({'from training' if m.thresholds_source == 'model' else 'estimated on these pairs'})")
-    if notes:
-        parts.append("".join(f'<p class="note">{html.escape(n)}</p>' for n in notes))
+            src = "from training" if m.thresholds_source == "model" else "estimated on these pairs"
+            notes.append(f"{name}: thresholds text {m.tau_text:.3f}, image {m.tau_image:.3f} "
+                         f"({src})")
+    parts.extend(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    return "".join(parts)
+
+
+def _query_block(qi: int, query, hits, model, cache: dict, label: str = "",
+                 target: Optional[Target] = None) -> str:
+    shown = list(enumerate(hits, 1))
+    if target is not None and target.rank is not None and target.rank > len(hits):
+        shown.append((target.rank, target.hit))   # the expected document, below the top k
+    res_imgs = [_load(h.image_uri, cache) if h.image_uri else None for _, h in shown]
+    # Cross pairs: (result image, query text) and (query image, result text).
+    a_idx = [i for i, im in enumerate(res_imgs) if im is not None and query.text]
+    b_idx = [i for i, (_, h) in enumerate(shown) if h.text and query.image is not None]
+    ma, why_a = _masks(model, [res_imgs[i] for i in a_idx], [query.text] * len(a_idx))
+    mb, why_b = _masks(model, [query.image] * len(b_idx), [shown[i][1].text for i in b_idx])
+    parts = [_query_head(qi, query, label, target, (why_a, why_b), ma, mb)]
     parts.append('<table><tr><th>#</th><th>score</th><th>result</th><th>result image &times; '
                  'query text</th><th>query image &times; result text</th><th>text</th>'
                  '<th>source / id</th></tr>')
-    for r, h in enumerate(hits):
-        parts.append(_row(r, h, res_imgs[r], query, ma, a_idx, mb, b_idx))
+    for i, (rank, h) in enumerate(shown):
+        if rank > len(hits) and i == len(hits):
+            parts.append('<tr class="gap"><td colspan="7">&hellip;</td></tr>')
+        mark = target.label if target is not None and h.id == target.id else ""
+        parts.append(_row(rank, h, res_imgs[i], query, ma, a_idx.index(i) if i in a_idx else None,
+                          mb, b_idx.index(i) if i in b_idx else None, mark))
     parts.append("</table></section>")
     return "".join(parts)
 
 
-def _row(r, h, img, query, ma, a_idx, mb, b_idx) -> str:
+def _row(rank, h, img, query, ma, ka, mb, kb, mark: str = "") -> str:
+    """One result row; ka / kb: the row's index in the two mask batches (None: no such pair)."""
     thumb = f'<img src="{_data_uri(_square(img))}">' if img is not None else "&mdash;"
     heat_a = heat_b = "&mdash;"
     text = html.escape(h.text or "(image only)")
-    if ma is not None and r in a_idx and ma.grid:
-        k = a_idx.index(r)
-        heat_a = (f'<img src="{_data_uri(heat_overlay(img, ma.patch_scores[k], ma.patch_masks[k], ma.grid))}">'
-                  f'<br>{_token_html(ma.tokens[k], ma.token_scores[k], ma.token_masks[k])}')
-    if mb is not None and r in b_idx:
-        k = b_idx.index(r)
+    if ma is not None and ka is not None and ma.grid:
+        over = heat_overlay(img, ma.patch_scores[ka], ma.patch_masks[ka], ma.grid)
+        words = _token_html(ma.tokens[ka], ma.token_scores[ka], ma.token_masks[ka])
+        heat_a = f'<img src="{_data_uri(over)}"><br>{words}'
+    if mb is not None and kb is not None:
         if mb.grid:
-            heat_b = f'<img src="{_data_uri(heat_overlay(query.image, mb.patch_scores[k], mb.patch_masks[k], mb.grid))}">'
-        text = _token_html(mb.tokens[k], mb.token_scores[k], mb.token_masks[k])
-    return (f"<tr><td>{r + 1}</td><td>{h.score:.3f}</td><td>{thumb}</td><td>{heat_a}</td>"
-            f"<td>{heat_b}</td><td class='t'>{text}</td><td class='s'>{html.escape(h.source)}"
-            f"<br><code>{html.escape(h.id[:12])}</code></td></tr>")
+            over = heat_overlay(query.image, mb.patch_scores[kb], mb.patch_masks[kb], mb.grid)
+            heat_b = f'<img src="{_data_uri(over)}">'
+        text = _token_html(mb.tokens[kb], mb.token_scores[kb], mb.token_masks[kb])
+    badge = f'<br><span class="badge">{html.escape(mark)}</span>' if mark else ""
+    cls = ' class="target"' if mark else ""
+    return (f"<tr{cls}><td>{rank}</td><td>{h.score:.3f}{badge}</td><td>{thumb}</td>"
+            f"<td>{heat_a}</td><td>{heat_b}</td><td class='t'>{text}</td>"
+            f"<td class='s'>{html.escape(h.source)}<br><code>{html.escape(h.id[:12])}</code>"
+            f"</td></tr>")
 
 
 _CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
 td,th{border:1px solid #ddd;padding:4px;vertical-align:top}td.t{max-width:28em;font-size:90%}
 td.s{font-size:80%;color:#555}.q{display:flex;gap:1em;align-items:center}.qt{font-size:120%}
-.note{color:#a60}img{width:THUMBpx;height:THUMBpx;object-fit:contain}""".replace("THUMB",
-                                                                              str(THUMB))
+.note{color:#a60}img{width:THUMBpx;height:THUMBpx;object-fit:contain}
+tr.target td{background:#eef8ee}.badge{display:inline-block;margin-top:4px;padding:1px 6px;
+border-radius:8px;background:#2a7d2a;color:#fff;font-size:80%;white-space:nowrap}
+.verdict{font-weight:bold}.verdict.ok{color:#2a7d2a}.verdict.near{color:#a60}
+.verdict.miss{color:#b22}tr.gap td{text-align:center;color:#888}
+table.summary td{padding:2px 8px}""".replace("THUMB", str(THUMB))
+
+
+def _summary(queries: Sequence, labels: Sequence, targets: Sequence) -> str:
+    """A table of the queries that have a target: what each is and where its target ranked."""
+    rows = []
+    for i, (q, label, t) in enumerate(zip(queries, labels, targets)):
+        if t is None:
+            continue
+        kind = ("image + text" if q.image is not None and q.text
+                else "image" if q.image is not None else "text")
+        where = f"not in the top {t.depth}" if t.rank is None else str(t.rank)
+        score = "" if t.score is None else f"{t.score:.3f}"
+        rows.append(f'<tr><td><a href="#q{i + 1}">{i + 1}</a></td><td>{kind}</td>'
+                    f"<td>{html.escape(label)}</td><td>{where}</td><td>{score}</td></tr>")
+    if not rows:
+        return ""
+    found = sum(t is not None and t.rank == 1 for t in targets)
+    n = sum(t is not None for t in targets)
+    return (f"<h2>Where each query found {html.escape(_targets_label(targets))}</h2>"
+            f"<p>{found} of {n} at rank 1.</p><table class='summary'><tr><th>query</th>"
+            f"<th>kind</th><th>what</th><th>rank</th><th>score</th></tr>{''.join(rows)}</table>")
+
+
+def _targets_label(targets: Sequence) -> str:
+    labels = {t.label for t in targets if t is not None}
+    return labels.pop() if len(labels) == 1 else "the expected document"
 
 
 def write_report(path, queries: Sequence, results: Sequence, model=None,
-                 title: str = "solar search") -> Path:
+                 title: str = "solar search", labels: Optional[Sequence[str]] = None,
+                 targets: Optional[Sequence[Optional[Target]]] = None,
+                 intro: str = "") -> Path:
     """Write the HTML page to ``path``.
 
-    queries: Documents (solar_milvus.embedding.Document); results: one list of Hit per query;
-    model: the encoder (for intersection_masks; None leaves the heat maps out).
+    queries: Documents (solar_milvus.embedding.Document); results: one list of Hit per query
+    (the rows shown); model: the encoder (for intersection_masks; None leaves the heat maps out);
+    labels: a line per query saying what it is; targets: per query the Target it should find
+    (or None): its hit is marked, its rank shown, and a summary table heads the page;
+    intro: a paragraph of plain text under the title.
     """
-    if len(queries) != len(results):
-        raise ValueError(f"queries ({len(queries)}) and results ({len(results)}) differ in length")
+    n = len(queries)
+    labels = list(labels) if labels is not None else [""] * n
+    targets = list(targets) if targets is not None else [None] * n
+    if not len(results) == len(labels) == len(targets) == n:
+        raise ValueError(f"queries ({n}), results ({len(results)}), labels ({len(labels)}) and "
+                         f"targets ({len(targets)}) differ in length")
     cache: dict = {}
-    body = "".join(_query_block(i, q, hits, model, cache)
+    body = "".join(_query_block(i, q, hits, model, cache, labels[i], targets[i])
                    for i, (q, hits) in enumerate(zip(queries, results)))
     legend = ("<p>Heat maps: red marks image patches the model finds in the other document's "
               "text; highlighted words are those it finds in the other document's image. "
               "Strong colour: over the model's threshold.</p>")
+    intro = f"<p>{html.escape(intro)}</p>" if intro else ""
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{legend}"
-            f"{body}</body></html>")
+            f"</title><style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{intro}"
+            f"{_summary(queries, labels, targets)}{legend}{body}</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")

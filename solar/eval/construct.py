@@ -229,6 +229,28 @@ def _image(source: dict, ops: list) -> dict:
     return {**spec, "pixels": pixel_hash(render(spec))}
 
 
+def item_views(pair, cfg: Optional[BenchmarkConfig] = None) -> Optional[dict]:
+    """Two views of one offline pair, made as a triplet's anchor and positive are (no partner,
+    no negative), for showing an item outside the benchmark.
+
+    Returns {"anchor": {"image": spec, "text": title}, "positive": {"image": spec, "text":
+    keywords}} (image specs for ``render``), or None when the item makes no triplet: a blank
+    image, no title, no keyword besides the title, or two crops with equal pixels.  The crops and
+    colours are a pure function of (cfg.seed, pair.id).
+    """
+    cfg = cfg or BenchmarkConfig()
+    items = _items([pair], {})
+    if not items or not items[0].title or not items[0].keywords:
+        return None
+    it = items[0]
+    ops_a, ops_b = variant_ops(_rng(cfg, "views", it.id), cfg)
+    img_a, img_b = _image(it.source, ops_a), _image(it.source, ops_b)
+    if img_a["pixels"] == img_b["pixels"] or _norm(it.title) == _norm(it.kw_text):
+        return None
+    return {"anchor": {"image": img_a, "text": it.title},
+            "positive": {"image": img_b, "text": it.kw_text}}
+
+
 # --------------------------------------------------------------------------- assembly
 class _Builder:
     def __init__(self):

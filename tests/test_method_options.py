@@ -1,4 +1,6 @@
 """The method's options beyond the papers' form (docs/method.md): defaults, and hand-checked values."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,15 @@ def test_element_alignment_by_hand():
     assert element_alignment(txt, wt2, img, wi, t).item() == pytest.approx((hit + miss) / 2)
     wi2 = torch.tensor([[True, False], [False, False]])
     assert element_alignment(txt, wt, img, wi2, t).item() == pytest.approx(0.0, abs=1e-9)
+    # "select": each image picks its elements among all 4 tokens (2 match it: 1/t, 2 do not: 0)
+    lse = math.log(2 * math.exp(1 / t) + 2)
+    assert element_alignment(txt, wt, img, wi, t, direction="select").item() == pytest.approx(lse - 1)
+    assert element_alignment(txt, wt, img, wi, t, owner=owner,
+                             direction="select").item() == pytest.approx(lse - 1 / t)
+    both = element_alignment(txt, wt, img, wi, t, direction="both").item()
+    assert both == pytest.approx((hit + miss) / 2 + lse - 1)
+    with pytest.raises(ValueError, match="direction"):
+        element_alignment(txt, wt, img, wi, t, direction="rows")
 
 
 def test_text_mixing_owners_follow_the_appended_words():

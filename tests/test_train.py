@@ -76,7 +76,7 @@ def test_stage1_loss_falls_and_sets_thresholds(stage1_run):
     assert m.tau == pytest.approx((last["tau_text"], last["tau_image"]))
 
 
-@pytest.mark.parametrize("local_form", ["pair", "element"])
+@pytest.mark.parametrize("local_form", ["pair", "both"])
 def test_stage1_with_the_mask_options_trains(local_form, pairs, cache, tmp_path):
     """Per-element GLA, both pair mixings, the local alignment and local mask scores together."""
     over = dict(SMALL, mask_scores="local")

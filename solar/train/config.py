@@ -12,7 +12,7 @@ from typing import Optional, Union
 from .registry import recipe_spec
 
 GLA_FORMS = ("mean", "local", "smoothmax")
-LOCAL_FORMS = ("pair", "element")
+LOCAL_FORMS = ("pair", "owner", "select", "both")
 
 
 @dataclass
@@ -86,8 +86,8 @@ class TrainConfig:
     gla_temp: float = 0.05                 # temperature of the "smoothmax" pooling
     w_local: float = 0.0                   # weight of token-to-patch alignment (losses.py)
     local_temp: float = 0.05               # its temperature
-    local_form: str = "pair"               # "pair": mean-of-best-match pair InfoNCE; "element":
-                                           # each token / patch picks its owner (losses.py)
+    local_form: str = "pair"               # "pair": mean-of-best-match pair InfoNCE; per element:
+                                           # "owner", "select" or "both" (losses.element_alignment)
     mix_text: float = 0.0                  # pair mixing (mixing.py): share of captions that get
     mix_image: float = 0.0                 # another's keywords / images half another's patches
     mask_probe_every: int = 0              # log mask-benchmark metrics (val split) every N steps

@@ -115,30 +115,45 @@ def local_alignment(text_locals: torch.Tensor, text_weights: torch.Tensor,
 
 def element_alignment(locals_: torch.Tensor, weights: torch.Tensor, partner_locals: torch.Tensor,
                       partner_weights: torch.Tensor, temp: float,
-                      owner: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Element-level local contrast (docs/method.md, "local alignment", ``local_form="element"``):
-    each valid element x (a token or a patch) scores every partner document j of the batch by its
-    best match, s(x, j) = max over j's valid partner locals y of cos(x, y), and must pick its
-    owner among them: mean over valid x of cross-entropy(s(x, .) / temp, owner(x)).
+                      owner: Optional[torch.Tensor] = None, direction: str = "owner") -> torch.Tensor:
+    """Element-level local contrast (docs/method.md, "local alignment", ``local_form`` "owner",
+    "select" or "both"), on the best-match score of an element x (a token or a patch) against
+    partner document j: s(x, j) = max over j's valid partner locals y of cos(x, y).
 
-    This is the score the masks are read from (``mask_scores="local"``), trained per element, so
-    a word (or a region) cannot pass by its pair's shared context when its owner is another
-    document (pair mixing, mixing.py); on plain pairs it reduces to a per-element FILIP loss.
+    direction "owner": each valid x picks its owner among the batch's partners,
+        mean over x of CE(s(x, .) / temp, owner(x)).  Invariant to a shift of one element's scores,
+        so it ranks partners for an element, not elements for a partner.
+    direction "select": each partner picks its own elements among all valid elements of the batch,
+        mean over x of [logsumexp over x' of s(x', o) / temp - s(x, o) / temp], o = owner(x).  This
+        is the ranking the masks need: within one document, the words its image shows above the
+        words it does not (with pair mixing, another document's words in the same caption).
+    "both": the sum of the two.
 
-    locals_ (B, L, D), partner_locals (B, M, D): L2-normalized; weights (B, L), partner_weights
-    (B, M) bool; owner (B, L) long row of the partner batch (default: the element's own row).
+    locals_ (B, L, D), partner_locals (J, M, D): L2-normalized; weights (B, L), partner_weights
+    (J, M) bool; owner (B, L) long row of the partner batch (default: the element's own row).
     """
     s = torch.einsum("ild,jmd->iljm", locals_, partner_locals)
     s = s.masked_fill(~partner_weights[None, None, :, :], float("-inf")).max(dim=3).values
     B, L, J = s.shape
     has = partner_weights.any(dim=1)                                       # (J,)
-    s = s.clamp_min(-1.0).masked_fill(~has[None, None, :], float("-inf")) / temp
+    s = s.clamp_min(-1.0) / temp
     if owner is None:
         owner = torch.arange(B, device=s.device)[:, None].expand(B, L)
     keep = weights & has[owner]
     if not keep.any():
-        return s.nan_to_num(0.0, 0.0, 0.0).sum() * 0.0
-    return torch.nn.functional.cross_entropy(s[keep], owner[keep])
+        return s.sum() * 0.0
+    loss = s.sum() * 0.0
+    if direction in ("owner", "both"):
+        rows = s.masked_fill(~has[None, None, :], float("-inf"))
+        loss = loss + torch.nn.functional.cross_entropy(rows[keep], owner[keep])
+    if direction in ("select", "both"):
+        flat = s[keep]                                                     # (N, J)
+        lse = torch.logsumexp(flat, dim=0)                                 # (J,)
+        o = owner[keep]
+        loss = loss + (lse[o] - flat.gather(1, o[:, None])[:, 0]).mean()
+    if direction not in ("owner", "select", "both"):
+        raise ValueError(f"direction must be owner, select or both, got {direction!r}")
+    return loss
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

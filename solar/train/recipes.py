@@ -161,12 +161,12 @@ class Stage1(Recipe):
             s_i = model.cross_scores(pv, pl, wl, f_l)                     # (B, B, P)
         m_l, tau_t, frac_t = self._masks("text", s_t, wl, rho)
         m_v, tau_i, frac_i = self._masks("image", s_i, wv, rho)
-        if c.w_local > 0 and c.local_form == "element":
+        if c.w_local > 0 and c.local_form != "pair":
             loss_local = 0.5 * (
                 element_alignment(lm, wlm, pv, wv, c.local_temp,
-                                  None if own_t is None else own_t - off)
+                                  None if own_t is None else own_t - off, c.local_form)
                 + element_alignment(vm, wv, pl, wl, c.local_temp,
-                                    None if own_i is None else own_i - off))
+                                    None if own_i is None else own_i - off, c.local_form))
         elif c.w_local > 0:
             loss_local = local_alignment(pl, wl, pv, wv, c.local_temp)
         f_vm, f_lm = model.image_only(v, m_v), model.text_only(l, m_l)      # masked globals

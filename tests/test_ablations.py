@@ -103,3 +103,12 @@ def test_results_table_trains_ablations_by_recipe_name(monkeypatch, tmp_path):
     assert asked["no_constructed_negatives-seed0"]["recipe"] == "stage2-no-constructed"
     assert asked["no_mined_negatives-seed0"]["recipe"] == "stage2-no-mined"
     assert asked["no_mined_negatives-seed0"]["model"] == s1
+    # the project's settings per recipe, and each deviation switched off on its own
+    assert asked["solar_s1-seed0"]["local_form"] == "owner"
+    assert asked["solar_s1-seed0"]["model_overrides"]["mask_scores"] == "local"
+    assert asked["solar_s12-seed0"]["s2_distill"] == 1.0 and "model_overrides" not in asked["solar_s12-seed0"]
+    p1 = asked["paper_stage1_s1-seed0"]
+    assert (p1["gla_form"], p1["w_local"], p1["model_overrides"]["mask_scores"]) == ("mean", 0.0, "global")
+    assert asked["paper_stage1_s12-seed0"]["crop_views"] == 0.3
+    assert asked["no_views-seed0"]["crop_views"] == 0.0 and asked["no_views-seed0"]["model"] == s1
+    assert asked["no_s2_distill-seed0"]["s2_distill"] == 0.0

@@ -6,10 +6,18 @@ Methods (each for every seed; docs/results.md has the measured table):
     gcl            score fusion trained with the GCL loss
     solar_s1       SOLAR stage 1
     solar_s12      SOLAR stage 1 + 2 (stage 2 starts from solar_s1 of the same seed)
-Ablations of SOLAR stage 1 + 2, each trained by its registered recipe names (solar.train.ablations):
+Ablations of SOLAR stage 1+2, each trained by its registered recipe names (solar.train.ablations):
     no_mask                   stage 1 without the intersection mask (rho stays 1), then stage 2
     no_constructed_negatives  stage 2 without the mask-built negative views (from solar_s1)
     no_mined_negatives        stage 2 without the offline-mined negatives (from solar_s1)
+and each of the project's deviations from the papers switched off (docs/method.md), one at a time:
+    paper_stage1              stage 1 in the paper's form (GLA on means, no local alignment,
+                              global mask scores), then the project's stage 2
+    no_views                  stage 2 whose views differ from the anchor only by the masks
+    no_s2_distill             stage 2 without the global distillation of the documents
+
+Every method trains with the settings chosen on the val twin (docs/experiments.md): ``RECIPE_SET``
+(learning rates of the baselines, the project's stage-1 and stage-2 options).
 
 Every run is a ``solar.train.train`` call on the same seeded subset of the training split; a run
 whose folder already holds a final model is reused, so an interrupted table resumes.  The
@@ -30,11 +38,30 @@ METHODS = ("score_fusion", "clip", "gcl", "solar_s1", "solar_s12")
 ABLATION_RECIPES = {"no_mask": ("stage1-no-mask", "stage2"),
                     "no_constructed_negatives": ("stage1", "stage2-no-constructed"),
                     "no_mined_negatives": ("stage1", "stage2-no-mined")}
-ABLATIONS = tuple(ABLATION_RECIPES)
+# ablation -> (stage-1 TrainConfig fields, stage-2 TrainConfig fields) replacing RECIPE_SET's;
+# one with no stage-1 fields starts from solar_s1
+DEVIATIONS_OFF = {
+    "paper_stage1": ({"gla_form": "mean", "w_local": 0.0, "local_form": "pair",
+                      "model_set": {"mask_scores": "global"}}, {}),
+    "no_views": ({}, {"crop_views": 0.0, "token_drop": 0.0, "anchor_view": False}),
+    "no_s2_distill": ({}, {"s2_distill": 0.0}),
+}
+ABLATIONS = tuple(ABLATION_RECIPES) + tuple(DEVIATIONS_OFF)
+# TrainConfig fields per recipe, chosen on the val twin (docs/experiments.md: B-5, B-9, S1-4,
+# S2-2); "model_set" holds ModelConfig fields of the starting preset.
+RECIPE_SET = {
+    "clip": {"lr": 3e-5},
+    "gcl": {"lr": 3e-5},
+    "stage1": {"gla_form": "local", "w_local": 1.0, "local_form": "owner",
+               "model_set": {"mask_scores": "local"}},
+    "stage2": {"crop_views": 0.3, "token_drop": 0.2, "anchor_view": True, "s2_distill": 1.0},
+}
 LABELS = {"score_fusion": "score fusion, untrained", "clip": "image-text contrastive (CL)",
           "gcl": "GCL", "solar_s1": "SOLAR stage 1", "solar_s12": "SOLAR stage 1+2",
           "no_mask": "SOLAR 1+2, no mask", "no_constructed_negatives": "SOLAR 1+2, no constructed negatives",
-          "no_mined_negatives": "SOLAR 1+2, no mined negatives"}
+          "no_mined_negatives": "SOLAR 1+2, no mined negatives",
+          "paper_stage1": "SOLAR 1+2, paper's stage 1", "no_views": "SOLAR 1+2, no view changes",
+          "no_s2_distill": "SOLAR 1+2, no stage-2 distillation"}
 
 
 @dataclass
@@ -42,19 +69,20 @@ class TableConfig:
     """out_dir: runs, results.json and table.md.  train_docs: seeded subset of the training split
     (None: all of it).  steps: optimizer steps per recipe.  model_overrides: ModelConfig fields
     of the starting presets (all methods share them).  train_set: extra TrainConfig fields
-    for every run."""
+    for every run.  recipe_set: TrainConfig fields per recipe (default ``RECIPE_SET``; a
+    "model_set" entry adds ModelConfig fields to that recipe's starting preset)."""
     out_dir: str = "out/results_table"
     seeds: tuple = (0, 1, 2)
     methods: tuple = METHODS
     ablations: tuple = ABLATIONS
     data: str = "clipart+emoji"
-    train_docs: Optional[int] = 2000
+    train_docs: Optional[int] = None
     subset_seed: int = 0
     steps: dict = field(default_factory=lambda: {"clip": 400, "gcl": 400, "stage1": 400, "stage2": 100})
     batch_size: int = 32
-    model_overrides: dict = field(default_factory=lambda: {
-        "image_tower": {"kind": "efficientnet-lite0", "image_size": 160}})
+    model_overrides: dict = field(default_factory=dict)
     train_set: dict = field(default_factory=dict)
+    recipe_set: dict = field(default_factory=lambda: {k: dict(v) for k, v in RECIPE_SET.items()})
     cache_dir: Optional[str] = None
     bench_seed: int = 0
     bench_max_items: Optional[int] = None
@@ -75,7 +103,9 @@ PRESETS = {
                                      steps={"clip": 100, "gcl": 100, "stage1": 100, "stage2": 25}),
     "smoke": lambda: TableConfig(out_dir="out/results_table_smoke", seeds=(0,), train_docs=200,
                                  steps={"clip": 3, "gcl": 3, "stage1": 3, "stage2": 2},
-                                 batch_size=16, bench_max_items=40),
+                                 batch_size=16, bench_max_items=40,
+                                 model_overrides={"image_tower": {"kind": "efficientnet-lite0",
+                                                                  "image_size": 128}}),
 }
 
 
@@ -125,28 +155,41 @@ def _untrained(cfg: TableConfig, run: Path, seed: int) -> Path:
 def _runs_for_seed(cfg: TableConfig, pairs, seed: int, log: Callable) -> dict:
     """{method or ablation: checkpoint folder} for one seed."""
     root, st = Path(cfg.out_dir) / "runs", cfg.steps
-    tr = lambda name, **kw: _train(cfg, pairs, root / f"{name}-seed{seed}", log, seed=seed, **kw)  # noqa
-    mo = {"model_overrides": cfg.model_overrides}
+
+    def tr(name, recipe, kind, extra=None, **kw):
+        """Train ``recipe`` with the settings of ``kind`` (a recipe_set key), ``extra`` on top."""
+        fields = {**cfg.recipe_set.get(kind, {}), **(extra or {})}
+        model_set = fields.pop("model_set", {})
+        if "model" not in kw:                              # starts from a preset
+            kw["model_overrides"] = {**cfg.model_overrides, **model_set}
+        return _train(cfg, pairs, root / f"{name}-seed{seed}", log, seed=seed, recipe=recipe,
+                      steps=st[kind], **{**fields, **kw})
     out = {}
     if "score_fusion" in cfg.methods:
         out["score_fusion"] = _untrained(cfg, root / f"score_fusion-seed{seed}", seed)
     for m in ("clip", "gcl"):
         if m in cfg.methods:
-            out[m] = tr(m, recipe=m, steps=st[m], **mo)
+            out[m] = tr(m, m, m)
     need_s1 = ({"solar_s1", "solar_s12"} & set(cfg.methods)
-               or any(ABLATION_RECIPES[a][0] == "stage1" for a in cfg.ablations))
+               or any(ABLATION_RECIPES[a][0] == "stage1" if a in ABLATION_RECIPES
+                      else not DEVIATIONS_OFF[a][0] for a in cfg.ablations))
     if need_s1:
-        s1 = tr("solar_s1", recipe="stage1", steps=st["stage1"], **mo)
+        s1 = tr("solar_s1", "stage1", "stage1")
         out["solar_s1"] = s1
         if "solar_s12" in cfg.methods:
-            out["solar_s12"] = tr("solar_s12", recipe="stage2", model=str(s1), steps=st["stage2"])
+            out["solar_s12"] = tr("solar_s12", "stage2", "stage2", model=str(s1))
     for a in cfg.ablations:
+        if a in DEVIATIONS_OFF:
+            f1, f2 = DEVIATIONS_OFF[a]
+            s1a = tr(f"{a}_s1", "stage1", "stage1", f1) if f1 else out["solar_s1"]
+            out[a] = tr(f"{a}_s12" if f1 else a, "stage2", "stage2", f2, model=str(s1a))
+            continue
         r1, r2 = ABLATION_RECIPES[a]
         if r1 == "stage1":
-            out[a] = tr(a, recipe=r2, model=str(out["solar_s1"]), steps=st["stage2"])
+            out[a] = tr(a, r2, "stage2", model=str(out["solar_s1"]))
         else:
-            s1a = tr(f"{a}_s1", recipe=r1, steps=st["stage1"], **mo)
-            out[a] = tr(f"{a}_s12", recipe=r2, model=str(s1a), steps=st["stage2"])
+            s1a = tr(f"{a}_s1", r1, "stage1")
+            out[a] = tr(f"{a}_s12", r2, "stage2", model=str(s1a))
     if "solar_s1" not in cfg.methods:
         out.pop("solar_s1", None)
     return out

@@ -105,6 +105,7 @@ def test_results_table_trains_ablations_by_recipe_name(monkeypatch, tmp_path):
     assert asked["no_mined_negatives-seed0"]["model"] == s1
     # the project's settings per recipe, and each deviation switched off on its own
     assert asked["solar_s1-seed0"]["local_form"] == "owner"
+    assert asked["solar_s1-seed0"]["batch_size"] == 64 and "batch_size" not in asked["solar_s12-seed0"]
     assert asked["solar_s1-seed0"]["model_overrides"]["mask_scores"] == "local"
     assert asked["solar_s12-seed0"]["s2_distill"] == 1.0 and "model_overrides" not in asked["solar_s12-seed0"]
     p1 = asked["paper_stage1_s1-seed0"]

@@ -52,7 +52,7 @@ ABLATIONS = tuple(ABLATION_RECIPES) + tuple(DEVIATIONS_OFF)
 RECIPE_SET = {
     "clip": {"lr": 3e-5},
     "gcl": {"lr": 3e-5},
-    "stage1": {"gla_form": "local", "w_local": 1.0, "local_form": "owner",
+    "stage1": {"batch_size": 64, "gla_form": "local", "w_local": 1.0, "local_form": "owner",
                "model_set": {"mask_scores": "local"}},
     "stage2": {"crop_views": 0.3, "token_drop": 0.2, "anchor_view": True, "s2_distill": 1.0},
 }
@@ -104,6 +104,8 @@ PRESETS = {
     "smoke": lambda: TableConfig(out_dir="out/results_table_smoke", seeds=(0,), train_docs=200,
                                  steps={"clip": 3, "gcl": 3, "stage1": 3, "stage2": 2},
                                  batch_size=16, bench_max_items=40,
+                                 recipe_set={**RECIPE_SET,
+                                             "stage1": {**RECIPE_SET["stage1"], "batch_size": 16}},
                                  model_overrides={"image_tower": {"kind": "efficientnet-lite0",
                                                                   "image_size": 128}}),
 }
@@ -123,8 +125,9 @@ def train_pairs(cfg: TableConfig) -> list:
 
 def _train(cfg: TableConfig, pairs, run: Path, log: Callable, **kw) -> Path:
     from solar.train import TrainConfig, train
-    tc = TrainConfig(out_dir=str(run), data=cfg.data, batch_size=cfg.batch_size,
-                     cache_dir=cfg.cache_dir, progress=False, **{**cfg.train_set, **kw})
+    fields = {"data": cfg.data, "batch_size": cfg.batch_size, "cache_dir": cfg.cache_dir,
+              **cfg.train_set, **kw}
+    tc = TrainConfig(out_dir=str(run), progress=False, **fields)
     if (run / "model.safetensors").is_file() and _same_config(run, tc):
         log(f"reuse {run}")
         return run

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from solar.model import build_model, preset
 from solar.train import TrainConfig
-from solar.train.losses import (element_alignment, gla_hinge, gla_local_hinge, gla_smoothmax_hinge,
-                                local_alignment)
+from solar.train.losses import (element_alignment, empty_cells, empty_rejection, gla_hinge,
+                                gla_local_hinge, gla_smoothmax_hinge, local_alignment)
 from solar.train.mixing import keyword_part, mix_patches, mix_texts, token_owners
 from solar.train.recipes import crop_keep
 
@@ -97,6 +97,26 @@ def test_element_alignment_by_hand():
     assert both == pytest.approx((hit + miss) / 2 + lse - 1)
     with pytest.raises(ValueError, match="direction"):
         element_alignment(txt, wt, img, wi, t, direction="rows")
+
+
+def test_empty_cells_and_their_rejection_by_hand():
+    blank = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)          # (P=2, d=2)
+    tokens = torch.tensor([[[2.0, 0.1], [1.0, 0.0]],                             # cell 0 blank-like
+                           [[0.0, 3.0], [0.0, 1.0]]], dtype=torch.float64)       # cell 1 of doc 0 not
+    w = torch.tensor([[True, True], [False, True]])
+    assert empty_cells(tokens, blank, w, 0.9).tolist() == [[True, False], [False, True]]
+    e = torch.eye(3, dtype=torch.float64)
+    patches = torch.stack([e[[0, 1]], e[[2, 2]]])                                # (2, 2, 3)
+    texts = torch.stack([e[[0, 2]], e[[1, 1]]])                                  # (2, 2, 3)
+    wt = torch.tensor([[True, True], [True, False]])
+    empty = torch.tensor([[True, False], [False, False]])
+    t, null = 0.5, 0.2
+    # the empty patch e0: best token of text 0 is e0 (cos 1), of text 1 is e1 (cos 0)
+    want = math.log(math.exp(null / t) + math.exp(1 / t) + math.exp(0.0)) - null / t
+    assert empty_rejection(patches, empty, texts, wt, t, null).item() == pytest.approx(want)
+    assert empty_rejection(patches, torch.zeros_like(empty), texts, wt, t, null).item() == 0.0
+    with pytest.raises(ValueError):
+        TrainConfig(w_empty=-1.0)
 
 
 def test_text_mixing_owners_follow_the_appended_words():

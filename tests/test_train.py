@@ -81,11 +81,12 @@ def test_stage1_with_the_mask_options_trains(local_form, pairs, cache, tmp_path)
     """Per-element GLA, both pair mixings, the local alignment and local mask scores together."""
     over = dict(SMALL, mask_scores="local")
     s = train(cfg("stage1", tmp_path / local_form, cache, gla_form="local", mix_text=0.5,
-                  mix_image=0.5, w_local=1.0, local_form=local_form, model_overrides=over),
-              pairs=pairs)
+                  mix_image=0.5, w_local=1.0, local_form=local_form, model_overrides=over,
+                  w_empty=1.0, empty_cos=0.3), pairs=pairs)
     assert _falls(s["losses"]), s["losses"]
     rows = [json.loads(line) for line in (tmp_path / local_form / "metrics.jsonl").read_text().splitlines()]
     assert all(r["local"] > 0 for r in rows if "loss" in r)
+    assert any(r["empty"] > 0 for r in rows if "loss" in r)
 
 
 def test_stage2_from_stage1_loss_falls(stage1_run, pairs, cache, tmp_path):

@@ -88,6 +88,9 @@ class TrainConfig:
     local_temp: float = 0.05               # its temperature
     local_form: str = "pair"               # "pair": mean-of-best-match pair InfoNCE; per element:
                                            # "owner", "select" or "both" (losses.element_alignment)
+    w_empty: float = 0.0                   # weight of empty-cell rejection (losses.py)
+    empty_cos: float = 0.35                # a cell is empty within this cosine of a blank canvas's
+    empty_null: float = 0.2                # the "none" option's score
     mix_text: float = 0.0                  # pair mixing (mixing.py): share of captions that get
     mix_image: float = 0.0                 # another's keywords / images half another's patches
     mask_probe_every: int = 0              # log mask-benchmark metrics (val split) every N steps
@@ -142,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"s2_distill must be >= 0, got {self.s2_distill}")
         if self.local_form not in LOCAL_FORMS:
             raise ValueError(f"local_form must be one of {LOCAL_FORMS}, got {self.local_form!r}")
+        if self.w_empty < 0 or not -1.0 <= self.empty_cos <= 1.0 or not -1.0 <= self.empty_null <= 1.0:
+            raise ValueError("w_empty must be >= 0, empty_cos and empty_null in [-1, 1]")
         if self.w_local < 0 or self.local_temp <= 0:
             raise ValueError("w_local must be >= 0 and local_temp positive")
         if self.gla_temp <= 0:

@@ -156,6 +156,36 @@ def element_alignment(locals_: torch.Tensor, weights: torch.Tensor, partner_loca
     return loss
 
 
+def empty_cells(tokens: torch.Tensor, blank: torch.Tensor, weights: torch.Tensor,
+                min_cos: float) -> torch.Tensor:
+    """(B, P) bool: valid patches whose tower feature is within ``min_cos`` (cosine) of the same
+    grid cell's feature on a blank canvas (``blank`` (P, d)): cells that show only background.
+    tokens (B, P, d) tower patch features; weights (B, P) bool."""
+    t = torch.nn.functional.normalize(tokens.float(), dim=-1)
+    b = torch.nn.functional.normalize(blank.float().to(t.device), dim=-1)
+    return weights & ((t * b[None]).sum(dim=-1) >= min_cos)
+
+
+def empty_rejection(patch_locals: torch.Tensor, empty: torch.Tensor, text_locals: torch.Tensor,
+                    text_weights: torch.Tensor, temp: float, null: float) -> torch.Tensor:
+    """Background cells match no word (docs/method.md, "empty cells", ``w_empty``): each empty
+    patch p scores every text j of the batch by its best token, s(p, j) = max over valid t of
+    cos(p, t), beside a "none" option of fixed score ``null``, and must pick "none":
+    mean over empty p of [log(exp(null / temp) + sum_j exp(s(p, j) / temp)) - null / temp].
+
+    patch_locals (B, P, D), text_locals (J, T, D): L2-normalized; empty (B, P), text_weights
+    (J, T) bool.
+    """
+    if not empty.any():
+        return patch_locals.sum() * 0.0
+    x = patch_locals[empty]                                                # (N, D)
+    s = torch.einsum("nd,jtd->njt", x, text_locals)
+    s = s.masked_fill(~text_weights[None], float("-inf")).max(dim=2).values  # (N, J)
+    s = s[:, text_weights.any(dim=1)].clamp_min(-1.0) / temp
+    z = torch.full((s.shape[0], 1), null / temp, dtype=s.dtype, device=s.device)
+    return (torch.logsumexp(torch.cat([z, s], dim=1), dim=1) - null / temp).mean()
+
+
 def pearson(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Pearson correlation of a and b over the True entries of ``mask``, per leading row.
 

@@ -20,8 +20,9 @@ from solar.model.solar_model import ScoreFusionModel, SolarModel
 
 from . import dist
 from .config import TrainConfig
-from .losses import (element_alignment, gla_hinge, gla_local_hinge, gla_smoothmax_hinge,
-                     global_distillation, local_alignment, local_distillation)
+from .losses import (element_alignment, empty_cells, empty_rejection, gla_hinge,
+                     gla_local_hinge, gla_smoothmax_hinge, global_distillation, local_alignment,
+                     local_distillation)
 from .mining import neighbour_pools, sample_negatives
 from .mixing import mix_patches, mix_texts, token_owners
 from .qda import RunningQDA, annealed_mask, rho_schedule
@@ -104,6 +105,9 @@ class Stage1(Recipe):
 
     def setup(self, model, source, device, used=None) -> None:
         self.probe = None
+        self.blank = None
+        if self.cfg.w_empty > 0:
+            self.blank = blank_cells(model)
         if self.cfg.mask_probe_every > 0 and dist.rank() == 0:
             from solar.eval.mask_metrics import case_features
             from solar.eval.masks import MaskBenchConfig, build_mask_benchmark
@@ -169,6 +173,11 @@ class Stage1(Recipe):
                                     None if own_i is None else own_i - off, c.local_form))
         elif c.w_local > 0:
             loss_local = local_alignment(pl, wl, pv, wv, c.local_temp)
+        loss_empty, empty_share = pv.sum() * 0.0, 0.0
+        if c.w_empty > 0:
+            empty = empty_cells(feats.image.tokens, self.blank, wv, c.empty_cos)
+            loss_empty = empty_rejection(pv, empty, pl, wl, c.local_temp, c.empty_null)
+            empty_share = empty.sum().item() / max(wv.sum().item(), 1)
         f_vm, f_lm = model.image_only(v, m_v), model.text_only(l, m_l)      # masked globals
         itc = ops.contrastive_loss(G(f_vm), G(f_lm), _scale(model), backend=None)
         gd = (global_distillation(G(f_v), G(feats.image.pooled))
@@ -178,11 +187,14 @@ class Stage1(Recipe):
         loss = itc + c.w_gla * (gla_t + gla_i) + c.w_gd * gd + c.w_ld * ld
         if c.w_local > 0:
             loss = loss + c.w_local * loss_local
+        if c.w_empty > 0:
+            loss = loss + c.w_empty * loss_empty
         model.thresholds.copy_(torch.tensor([tau_t, tau_i]))
         metrics = {"itc": itc.item(), "gla": (gla_t + gla_i).item(), "gd": gd.item(),
                    "ld": ld.item(), "rho": rho, "tau_text": tau_t, "tau_image": tau_i,
                    "mask_text": frac_t, "mask_image": frac_i,
                    "local": loss_local.item() if c.w_local > 0 else 0.0,
+                   "empty": loss_empty.item(), "empty_cells": empty_share,
                    "logit_scale": _scale(model).item()}
         metrics.update(self.qda["text"].summary("text"))
         metrics.update(self.qda["image"].summary("image"))
@@ -198,6 +210,15 @@ class Stage1(Recipe):
             q.stats = state[f"qda_{k}"].to(torch.float64)
         if "gen" in state:
             self.gen.set_state(state["gen"])
+
+
+@torch.no_grad()
+def blank_cells(model) -> torch.Tensor:
+    """(P, d) the image tower's patch features of a blank white canvas (empty-cell rejection)."""
+    from PIL import Image
+    side = model.image_tower.cfg.image_size
+    f = model.tower_features(images=[Image.new("RGB", (side, side), "white")])
+    return f.image.tokens[0].float()
 
 
 # --------------------------------------------------------------------------- stage 2

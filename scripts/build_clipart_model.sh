@@ -9,10 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-build/clipart-model}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SOLAR_BACKEND=${SOLAR_BACKEND:-torch}
-# Stage 1: per-element GLA, element-level local alignment, masks read from local scores.
+# Stage 1: per-element GLA, element-level local alignment, masks read from local scores,
+# embedding = CLS output + pooled locals of each modality.
 solar-index train --recipe stage1 --data clipart+emoji --out "$OUT/stage1" --steps 400 \
   --batch-size 64 --lr 1e-3 --set gla_form=local --set w_local=1 --set local_form=owner \
-  --model-set mask_scores=local --no-progress
+  --model-set mask_scores=local --model-set readout=cls+pooled --no-progress
 # Stage 2: views that also differ in crop and wording, distillation of the documents.
 solar-index train --recipe stage2 --model "$OUT/stage1" --data clipart+emoji --out "$OUT/stage2" \
   --steps 100 --batch-size 32 --lr 1e-4 --set crop_views=0.3 --set token_drop=0.2 \

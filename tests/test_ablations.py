@@ -111,5 +111,8 @@ def test_results_table_trains_ablations_by_recipe_name(monkeypatch, tmp_path):
     p1 = asked["paper_stage1_s1-seed0"]
     assert (p1["gla_form"], p1["w_local"], p1["model_overrides"]["mask_scores"]) == ("mean", 0.0, "global")
     assert asked["paper_stage1_s12-seed0"]["crop_views"] == 0.3
+    c1 = asked["cls_readout_s1-seed0"]
+    assert (c1["model_overrides"]["readout"], c1["local_form"]) == ("cls", "owner")
+    assert asked["solar_s1-seed0"]["model_overrides"]["readout"] == "cls+pooled"
     assert asked["no_views-seed0"]["crop_views"] == 0.0 and asked["no_views-seed0"]["model"] == s1
     assert asked["no_s2_distill-seed0"]["s2_distill"] == 0.0

@@ -13,6 +13,7 @@ Ablations of SOLAR stage 1+2, each trained by its registered recipe names (solar
 and each of the project's deviations from the papers switched off (docs/method.md), one at a time:
     paper_stage1              stage 1 in the paper's form (GLA on means, no local alignment,
                               global mask scores), then the project's stage 2
+    cls_readout               the embedding from the CLS output alone (the paper's readout)
     no_views                  stage 2 whose views differ from the anchor only by the masks
     no_s2_distill             stage 2 without the global distillation of the documents
 
@@ -42,25 +43,27 @@ ABLATION_RECIPES = {"no_mask": ("stage1-no-mask", "stage2"),
 # one with no stage-1 fields starts from solar_s1
 DEVIATIONS_OFF = {
     "paper_stage1": ({"gla_form": "mean", "w_local": 0.0, "local_form": "pair",
-                      "model_set": {"mask_scores": "global"}}, {}),
+                      "model_set": {"mask_scores": "global", "readout": "cls+pooled"}}, {}),
+    "cls_readout": ({"model_set": {"mask_scores": "local", "readout": "cls"}}, {}),
     "no_views": ({}, {"crop_views": 0.0, "token_drop": 0.0, "anchor_view": False}),
     "no_s2_distill": ({}, {"s2_distill": 0.0}),
 }
 ABLATIONS = tuple(ABLATION_RECIPES) + tuple(DEVIATIONS_OFF)
 # TrainConfig fields per recipe, chosen on the val twin (docs/experiments.md: B-5, B-9, S1-4,
-# S2-2); "model_set" holds ModelConfig fields of the starting preset.
+# S2-2, S2-7); "model_set" holds ModelConfig fields of the starting preset.
 RECIPE_SET = {
     "clip": {"lr": 3e-5},
     "gcl": {"lr": 3e-5},
     "stage1": {"batch_size": 64, "gla_form": "local", "w_local": 1.0, "local_form": "owner",
-               "model_set": {"mask_scores": "local"}},
+               "model_set": {"mask_scores": "local", "readout": "cls+pooled"}},
     "stage2": {"crop_views": 0.3, "token_drop": 0.2, "anchor_view": True, "s2_distill": 1.0},
 }
 LABELS = {"score_fusion": "score fusion, untrained", "clip": "image-text contrastive (CL)",
           "gcl": "GCL", "solar_s1": "SOLAR stage 1", "solar_s12": "SOLAR stage 1+2",
           "no_mask": "SOLAR 1+2, no mask", "no_constructed_negatives": "SOLAR 1+2, no constructed negatives",
           "no_mined_negatives": "SOLAR 1+2, no mined negatives",
-          "paper_stage1": "SOLAR 1+2, paper's stage 1", "no_views": "SOLAR 1+2, no view changes",
+          "paper_stage1": "SOLAR 1+2, paper's stage 1", "cls_readout": "SOLAR 1+2, CLS readout",
+          "no_views": "SOLAR 1+2, no view changes",
           "no_s2_distill": "SOLAR 1+2, no stage-2 distillation"}
 
 

@@ -76,12 +76,13 @@ def test_stage1_loss_falls_and_sets_thresholds(stage1_run):
     assert m.tau == pytest.approx((last["tau_text"], last["tau_image"]))
 
 
-@pytest.mark.parametrize("local_form", ["pair", "both"])
-def test_stage1_with_the_mask_options_trains(local_form, pairs, cache, tmp_path):
-    """Per-element GLA, both pair mixings, the local alignment and local mask scores together."""
+@pytest.mark.parametrize("local_form,mix", [("pair", 0.5), ("both", 0.5), ("owner", 0.0)])
+def test_stage1_with_the_mask_options_trains(local_form, mix, pairs, cache, tmp_path):
+    """Per-element GLA, the local alignment and local mask scores together, with both pair
+    mixings or (element form) without, where the masks' scores are the loss's best matches."""
     over = dict(SMALL, mask_scores="local")
-    s = train(cfg("stage1", tmp_path / local_form, cache, gla_form="local", mix_text=0.5,
-                  mix_image=0.5, w_local=1.0, local_form=local_form, model_overrides=over,
+    s = train(cfg("stage1", tmp_path / local_form, cache, gla_form="local", mix_text=mix,
+                  mix_image=mix, w_local=1.0, local_form=local_form, model_overrides=over,
                   w_empty=1.0, empty_cos=0.3), pairs=pairs)
     assert _falls(s["losses"]), s["losses"]
     rows = [json.loads(line) for line in (tmp_path / local_form / "metrics.jsonl").read_text().splitlines()]

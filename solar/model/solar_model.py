@@ -123,7 +123,7 @@ class SolarModel(DocumentEncoder):
         wv, wl = feats.image_weights, feats.text_weights
         pv, pl = self.project_locals(v), self.project_locals(l)
         if self.cfg.mask_scores == "local":
-            return _best_match(pl, pv, wv, diagonal=True), _best_match(pv, pl, wl, diagonal=True)
+            return best_match(pl, pv, wv, diagonal=True), best_match(pv, pl, wl, diagonal=True)
         f_v, f_l = self.image_only(v, wv), self.text_only(l, wl)
         tok = torch.einsum("btd,bd->bt", pl, f_v)
         pat = torch.einsum("bpd,bd->bp", pv, f_l)
@@ -135,7 +135,7 @@ class SolarModel(DocumentEncoder):
         mask_scores "global" (the paper's): cos(x_i[t], g_j) with the partner's global g_j;
         "local": max over the partner's valid locals y of cos(x_i[t], y) [I; docs/method.md]."""
         if self.cfg.mask_scores == "local":
-            return _best_match(loc, partner_loc, partner_weights)
+            return best_match(loc, partner_loc, partner_weights)
         return torch.einsum("itd,jd->ijt", loc, partner_global)
 
     # ------------------------------------------------------------------ public API
@@ -217,8 +217,8 @@ class SolarModel(DocumentEncoder):
         return out
 
 
-def _best_match(x: torch.Tensor, y: torch.Tensor, wy: torch.Tensor,
-                diagonal: bool = False) -> torch.Tensor:
+def best_match(x: torch.Tensor, y: torch.Tensor, wy: torch.Tensor,
+               diagonal: bool = False) -> torch.Tensor:
     """Best cosine of each local of x (B, L, D) among the valid locals of y (B', M, D), wy
     (B', M): (B, B', L), or (B, L) for each document against its own y when ``diagonal``.
     Partners without valid locals give -1."""

@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 
 from solar import ops
+from solar.model.solar_model import best_match
 
 
 def gla_hinge(locals_: torch.Tensor, weights: torch.Tensor, partner: torch.Tensor,
@@ -118,7 +119,22 @@ def element_alignment(locals_: torch.Tensor, weights: torch.Tensor, partner_loca
                       owner: Optional[torch.Tensor] = None, direction: str = "owner") -> torch.Tensor:
     """Element-level local contrast (docs/method.md, "local alignment", ``local_form`` "owner",
     "select" or "both"), on the best-match score of an element x (a token or a patch) against
-    partner document j: s(x, j) = max over j's valid partner locals y of cos(x, y).
+    partner document j: s(x, j) = max over j's valid partner locals y of cos(x, y)
+    (``solar.model.solar_model.best_match``).
+
+    locals_ (B, L, D), partner_locals (J, M, D): L2-normalized; weights (B, L), partner_weights
+    (J, M) bool; owner (B, L) long row of the partner batch (default: the element's own row).
+    See ``element_contrast`` for the directions.
+    """
+    return element_contrast(best_match(locals_, partner_locals, partner_weights), weights,
+                            partner_weights.any(dim=1), temp, owner, direction)
+
+
+def element_contrast(scores: torch.Tensor, weights: torch.Tensor, has: torch.Tensor, temp: float,
+                     owner: Optional[torch.Tensor] = None, direction: str = "owner") -> torch.Tensor:
+    """``element_alignment`` from best-match scores (B, J, L) (``best_match``'s layout, e.g. the
+    model's ``cross_scores`` under ``mask_scores="local"``); has (J,) bool: partners with valid
+    locals.
 
     direction "owner": each valid x picks its owner among the batch's partners,
         mean over x of CE(s(x, .) / temp, owner(x)).  Invariant to a shift of one element's scores,
@@ -128,21 +144,17 @@ def element_alignment(locals_: torch.Tensor, weights: torch.Tensor, partner_loca
         is the ranking the masks need: within one document, the words its image shows above the
         words it does not (with pair mixing, another document's words in the same caption).
     "both": the sum of the two.
-
-    locals_ (B, L, D), partner_locals (J, M, D): L2-normalized; weights (B, L), partner_weights
-    (J, M) bool; owner (B, L) long row of the partner batch (default: the element's own row).
     """
-    s = torch.einsum("ild,jmd->iljm", locals_, partner_locals)
-    s = s.masked_fill(~partner_weights[None, None, :, :], float("-inf")).max(dim=3).values
-    B, L, J = s.shape
-    has = partner_weights.any(dim=1)                                       # (J,)
-    s = s.clamp_min(-1.0) / temp
+    if direction not in ("owner", "select", "both"):
+        raise ValueError(f"direction must be owner, select or both, got {direction!r}")
+    s = scores.transpose(1, 2) / temp                                      # (B, L, J)
+    B, L, _ = s.shape
     if owner is None:
         owner = torch.arange(B, device=s.device)[:, None].expand(B, L)
     keep = weights & has[owner]
-    if not keep.any():
-        return s.sum() * 0.0
     loss = s.sum() * 0.0
+    if not keep.any():
+        return loss
     if direction in ("owner", "both"):
         rows = s.masked_fill(~has[None, None, :], float("-inf"))
         loss = loss + torch.nn.functional.cross_entropy(rows[keep], owner[keep])
@@ -151,8 +163,6 @@ def element_alignment(locals_: torch.Tensor, weights: torch.Tensor, partner_loca
         lse = torch.logsumexp(flat, dim=0)                                 # (J,)
         o = owner[keep]
         loss = loss + (lse[o] - flat.gather(1, o[:, None])[:, 0]).mean()
-    if direction not in ("owner", "select", "both"):
-        raise ValueError(f"direction must be owner, select or both, got {direction!r}")
     return loss
 
 
@@ -178,10 +188,8 @@ def empty_rejection(patch_locals: torch.Tensor, empty: torch.Tensor, text_locals
     """
     if not empty.any():
         return patch_locals.sum() * 0.0
-    x = patch_locals[empty]                                                # (N, D)
-    s = torch.einsum("nd,jtd->njt", x, text_locals)
-    s = s.masked_fill(~text_weights[None], float("-inf")).max(dim=2).values  # (N, J)
-    s = s[:, text_weights.any(dim=1)].clamp_min(-1.0) / temp
+    s = best_match(patch_locals[empty][None], text_locals, text_weights)[0].T   # (N, J)
+    s = s[:, text_weights.any(dim=1)] / temp
     z = torch.full((s.shape[0], 1), null / temp, dtype=s.dtype, device=s.device)
     return (torch.logsumexp(torch.cat([z, s], dim=1), dim=1) - null / temp).mean()
 

@@ -20,9 +20,9 @@ from solar.model.solar_model import ScoreFusionModel, SolarModel
 
 from . import dist
 from .config import TrainConfig
-from .losses import (element_alignment, empty_cells, empty_rejection, gla_hinge,
-                     gla_local_hinge, gla_smoothmax_hinge, global_distillation, local_alignment,
-                     local_distillation)
+from .losses import (element_alignment, element_contrast, empty_cells, empty_rejection,
+                     gla_hinge, gla_local_hinge, gla_smoothmax_hinge, global_distillation,
+                     local_alignment, local_distillation)
 from .mining import neighbour_pools, sample_negatives
 from .mixing import mix_patches, mix_texts, token_owners
 from .qda import RunningQDA, annealed_mask, rho_schedule
@@ -160,17 +160,25 @@ class Stage1(Recipe):
         else:
             gla_i = self._gla(pv, wv, G(f_l), off)
         rho = rho_schedule(step, self.total_steps, c.anneal_frac)
-        with torch.no_grad():
+        element = c.w_local > 0 and c.local_form != "pair"
+        # Under local mask scores the masks' scores are the element loss's best matches: one
+        # computation serves both (with gradient only when that loss uses it).
+        shared = element and model.cfg.mask_scores == "local"
+        with torch.set_grad_enabled(shared and torch.is_grad_enabled()):
             s_t = model.cross_scores(pl, pv, wv, f_v)                     # (B, B, T)
             s_i = model.cross_scores(pv, pl, wl, f_l)                     # (B, B, P)
-        m_l, tau_t, frac_t = self._masks("text", s_t, wl, rho)
-        m_v, tau_i, frac_i = self._masks("image", s_i, wv, rho)
-        if c.w_local > 0 and c.local_form != "pair":
-            loss_local = 0.5 * (
-                element_alignment(lm, wlm, pv, wv, c.local_temp,
-                                  None if own_t is None else own_t - off, c.local_form)
-                + element_alignment(vm, wv, pl, wl, c.local_temp,
-                                    None if own_i is None else own_i - off, c.local_form))
+        m_l, tau_t, frac_t = self._masks("text", s_t.detach(), wl, rho)
+        m_v, tau_i, frac_i = self._masks("image", s_i.detach(), wv, rho)
+        if element:
+            tok = (element_contrast(s_t, wl, wv.any(dim=1), c.local_temp, None, c.local_form)
+                   if shared and own_t is None else
+                   element_alignment(lm, wlm, pv, wv, c.local_temp,
+                                     None if own_t is None else own_t - off, c.local_form))
+            pat = (element_contrast(s_i, wv, wl.any(dim=1), c.local_temp, None, c.local_form)
+                   if shared and own_i is None else
+                   element_alignment(vm, wv, pl, wl, c.local_temp,
+                                     None if own_i is None else own_i - off, c.local_form))
+            loss_local = 0.5 * (tok + pat)
         elif c.w_local > 0:
             loss_local = local_alignment(pl, wl, pv, wv, c.local_temp)
         loss_empty, empty_share = pv.sum() * 0.0, 0.0

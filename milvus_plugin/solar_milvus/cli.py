@@ -193,12 +193,10 @@ def demo(model, out, limit, all_items, top_k, batch_size, workers, device, quiet
                f"stored under one view; their other view is the query")
     for q, hits, target in zip(res.queries, res.results, res.targets):
         doc = q.doc
-        kind = ("image+text" if doc.image is not None and doc.text
-                else "image" if doc.image is not None else "text")
         best = hits[0] if hits else None
         label = f"{best.score:.3f} {best.text[:60]!r}" if best else "no results"
         found = f"{target.verdict()}; " if target is not None else ""
-        line = f"query [{kind}] {(doc.text or '')[:40]!r}: {found}top hit {label}"
+        line = f"query [{doc.kind}] {(doc.text or '')[:40]!r}: {found}top hit {label}"
         click.echo(terminal_safe(line))
     if res.originals:
         from .demo import originals_warning

@@ -27,6 +27,13 @@ class Document:
     text: Optional[str] = None
     image: Any = None
 
+    @property
+    def kind(self) -> str:
+        """"image+text", "image" or "text" (what the document holds)."""
+        if self.image is not None:
+            return "image+text" if self.text else "image"
+        return "text"
+
 
 def as_document(x: Any, index: int = 0, decode_cfg=None) -> Document:
     """Normalize one input: a Document, a str (text only), a PIL image (image only), a dict with

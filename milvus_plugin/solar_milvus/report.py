@@ -213,11 +213,9 @@ def _summary(queries: Sequence, labels: Sequence, targets: Sequence) -> str:
     for i, (q, label, t) in enumerate(zip(queries, labels, targets)):
         if t is None:
             continue
-        kind = ("image + text" if q.image is not None and q.text
-                else "image" if q.image is not None else "text")
         where = f"not in the top {t.depth}" if t.rank is None else str(t.rank)
         score = "" if t.score is None else f"{t.score:.3f}"
-        rows.append(f'<tr><td><a href="#q{i + 1}">{i + 1}</a></td><td>{kind}</td>'
+        rows.append(f'<tr><td><a href="#q{i + 1}">{i + 1}</a></td><td>{q.kind}</td>'
                     f"<td>{html.escape(label)}</td><td>{where}</td><td>{score}</td></tr>")
     if not rows:
         return ""

@@ -26,6 +26,15 @@ MODEL = "test_milvus_common:HashEncoder"
 ESCAPES = "\x1b]0;pwned\x07 retitle \x1b[2J clear \x9b31m csi \u202e bidi \x07 bell"
 CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 START_WAIT_S = 600         # a job's start (imports, model, workers) on a crowded machine
+# The job starts as from a terminal: SIGINT at its default and not blocked.  A signal mask and an
+# ignored SIGINT pass through fork and exec, so a state the test process was left in by a
+# library (multiprocessing and loky block SIGINT in the thread that spawns their helpers) would
+# otherwise reach the job, which then never sees the Ctrl-C.  The same process (exec), so
+# proc.pid is the job's.
+AS_FROM_A_TERMINAL = ("import os, signal, sys; "
+                      "signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+                      "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
 
 
 def _env(**kw) -> dict:
@@ -252,12 +261,12 @@ def _wait_gone(pids: set, limit: float = 180.0) -> set:
 def _start_job(tmp_path: Path):
     make_corpus(tmp_path / "docs", n_good=200)    # 30 s of encoding at least: never done first
     ledger = tmp_path / "job.ledger.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "solar.cli", "ingest", str(tmp_path / "docs"), "--uri",
-         str(tmp_path / "job.db"), "--model", "test_milvus_common:slow_encoder", "--workers", "2",
-         "--batch-size", "2", "--quiet", "--ledger", str(ledger)],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    args = ["-m", "solar.cli", "ingest", str(tmp_path / "docs"), "--uri",
+            str(tmp_path / "job.db"), "--model", "test_milvus_common:slow_encoder", "--workers",
+            "2", "--batch-size", "2", "--quiet", "--ledger", str(ledger)]
+    proc = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     end = time.monotonic() + START_WAIT_S
     kids: set = set()
     while time.monotonic() < end and proc.poll() is None:

@@ -31,3 +31,18 @@ def test_smoke_table_has_every_row(tmp_path, monkeypatch):
     # a second call reuses every run and every evaluation
     again = table.run_table(cfg, log=lambda m: None)
     assert again["runs"] == result["runs"]
+
+
+def test_finished_runs_survive_a_new_option(tmp_path):
+    """A run folder saved before a TrainConfig field existed is still the same config (the new
+    field at its default), and any changed value is not."""
+    from solar.experiments.table import _same_config
+    from solar.train import TrainConfig
+    tc = TrainConfig(recipe="clip", out_dir=str(tmp_path), lr=3e-5)
+    saved = json.loads(json.dumps(tc.to_dict(), default=str))
+    (tmp_path / "train_config.json").write_text(json.dumps({k: v for k, v in saved.items()
+                                                            if k != "mine_queue"}))
+    assert _same_config(tmp_path, tc)
+    assert not _same_config(tmp_path, TrainConfig(recipe="clip", out_dir=str(tmp_path), lr=1e-4))
+    assert not _same_config(tmp_path, TrainConfig(recipe="clip", out_dir=str(tmp_path), lr=3e-5,
+                                                  mine_queue=8))

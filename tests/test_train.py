@@ -188,6 +188,7 @@ def test_cli_train_happy_path(tmp_path, cache):
     (["--recipe", "stage2"], "needs model="),
     (["--recipe", "clip", "--steps", "0"], "--steps"),
     (["--recipe", "clip", "--set", "mine_k=-1"], "mine_k must be >= 0"),
+    (["--recipe", "clip", "--set", "mine_queue=0"], "mine_queue must be positive"),
 ])
 def test_cli_train_bad_arguments(tmp_path, args, message):
     from click.testing import CliRunner

@@ -84,16 +84,21 @@ def test_stream_resumes_exactly(corpora, tmp_path):
     b = load_file(str(tmp_path / "part" / "checkpoint" / "trainer.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_model(tmp_path / "full").encode(texts=["x"]).shape == (1, 16)
-    with pytest.raises(ValueError, match="mine_k=0"):
-        train(cfg(tmp_path / "s2", corpora["tar"], recipe="stage2", model=str(tmp_path / "full"),
-                  **kw))
-    # Stage 2 streams with mine_k=0 (each batch's stage-1 masks made as it comes) and resumes.
-    kw2 = dict(kw, recipe="stage2", model=str(tmp_path / "full"), mine_k=0, steps=3, lr=1e-4,
-               data_workers=0)
+    # Stage 2 streams with mined negatives from a queue of recent documents (its state in the
+    # checkpoint: a resumed run mines as an uninterrupted one) and without them (mine_k=0).
+    kw2 = dict(kw, recipe="stage2", model=str(tmp_path / "full"), steps=4, lr=1e-4,
+               data_workers=0, mine_queue=6)
     s2 = train(cfg(tmp_path / "s2", corpora["tar"], **kw2))
-    a2 = train(cfg(tmp_path / "s2b", corpora["tar"], stop_at=1, **kw2))
+    a2 = train(cfg(tmp_path / "s2b", corpora["tar"], stop_at=2, **kw2))
     b2 = train(cfg(tmp_path / "s2b", corpora["tar"], **kw2))
     assert a2["losses"] + b2["losses"] == s2["losses"] and s2["data"] == "stream"
+    mined = [json.loads(x).get("mined_sim") for x in
+             (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    assert math.isnan(mined[0]) and all(math.isfinite(m) for m in mined[1:])  # empty, then mined
+    q = load_file(str(tmp_path / "s2" / "checkpoint" / "trainer.safetensors"))
+    assert q["recipe.queue_emb"].shape[0] == 6 and int(q["recipe.queue_count"]) == 16
+    s0 = train(cfg(tmp_path / "s2n", corpora["tar"], **dict(kw2, mine_k=0)))
+    assert s0["losses"] != s2["losses"] and "mined_sim" not in (tmp_path / "s2n" / "metrics.jsonl").read_text()
 
 
 def test_stream_epoch_sees_every_record_once(tmp_path):
@@ -165,6 +170,36 @@ def test_mining_is_chunked_and_exact():
     sim.fill_diagonal_(-math.inf)
     assert torch.equal(pools, sim.argsort(dim=1, descending=True)[:, 3:13])
     assert torch.equal(pools, neighbour_pools(zi.numpy(), zt.numpy(), 3, 10, 50, 64))
+
+
+def test_negative_queue_mines_recent_documents():
+    """The stream's mined negatives: nearest by the towers' pooled vectors among the queued
+    documents, own id excluded, ``skip`` nearest dropped, oldest entries overwritten, state
+    round-trips."""
+    from solar.train.mining import NegativeQueue
+    e = torch.eye(4)
+    q = NegativeQueue(4)
+    g = torch.Generator().manual_seed(0)
+    assert q.mine(torch.tensor([9]), e[:1], e[:1], 0, 2, 1, g) == (None, None, None)
+    q.push(torch.tensor([1, 2, 3]), e[:3], e[:3], 10 * e[:3])
+    # anchor like document 1, with id 2: document 2 is itself; document 1 is nearest
+    emb, ids, ok = q.mine(torch.tensor([2]), e[:1], e[:1], 0, 1, 1, g)
+    assert ids.tolist() == [[1]] and ok.all() and torch.equal(emb[0, 0], 10 * e[0])
+    # skip 1 drops document 1; the other two tie (window 2): both drawn over a few tries
+    got = {int(q.mine(torch.tensor([7]), e[:1], e[:1], 1, 2, 1, g)[1]) for _ in range(20)}
+    assert got == {2, 3}
+    # more asked than left: the extra columns are invalid
+    _, ids, ok = q.mine(torch.tensor([7]), e[:1], e[:1], 2, 5, 3, g)
+    assert ok.tolist() == [[True, False, False]]
+    q.push(torch.tensor([4, 5]), e[2:4], e[2:4], e[2:4])        # 5 overwrites the oldest (1)
+    assert len(q) == 4 and sorted(q.ids.tolist()) == [2, 3, 4, 5]
+    r = NegativeQueue(4)
+    r.load_state_tensors(q.state_tensors())
+    a = q.mine(torch.tensor([7]), e[:1], e[3:4], 0, 3, 2, torch.Generator().manual_seed(1))
+    b = r.mine(torch.tensor([7]), e[:1], e[3:4], 0, 3, 2, torch.Generator().manual_seed(1))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    with pytest.raises(ValueError, match="mine_queue"):
+        NegativeQueue(8).load_state_tensors(q.state_tensors())
 
 
 TORCHRUN_CHECK = r"""

@@ -145,8 +145,15 @@ def _train(cfg: TableConfig, pairs, run: Path, log: Callable, **kw) -> Path:
 
 
 def _same_config(run: Path, tc) -> bool:
+    """Whether the run folder was trained with ``tc`` (a field added since then counts as its
+    default, so a new option does not invalidate finished runs)."""
     saved = json.loads((run / "train_config.json").read_text())
     want = json.loads(json.dumps(tc.to_dict(), default=str))
+    for f in dataclasses.fields(tc):
+        if f.name not in saved and f.name in want and not (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            d = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            saved[f.name] = json.loads(json.dumps(d, default=str))
     return {k: v for k, v in saved.items() if k != "out_dir"} == {k: v for k, v in want.items() if k != "out_dir"}
 
 

@@ -110,6 +110,7 @@ class TrainConfig:
     mine_k: int = 2                        # mined negatives per anchor and step (0: none)
     mine_skip: int = 3                     # nearest neighbours skipped (likely false negatives)
     mine_window: int = 30                  # ranks skip+1 .. skip+window are sampled
+    mine_queue: int = 4096                 # stream: mined among the last N documents of the rank
     crop_views: float = 0.0                # views drop up to this share of patch-grid rows/cols
     token_drop: float = 0.0                # views drop each token with this probability
     anchor_view: bool = False              # the anchor is such a view too (else unmasked)
@@ -133,6 +134,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.mine_k > 0 and self.mine_window <= 0:
             raise ValueError(f"mine_window must be positive when mine_k > 0, got {self.mine_window}")
+        if self.mine_k > 0 and self.mine_queue <= 0:
+            raise ValueError(f"mine_queue must be positive when mine_k > 0, got {self.mine_queue}")
         for name in ("pos_ratio", "area_cap", "neg_ratio", "anneal_frac", "crop_views",
                      "token_drop", "neg_min_share", "mix_text", "mix_image"):
             if not 0.0 <= getattr(self, name) <= 1.0:

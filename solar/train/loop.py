@@ -213,7 +213,7 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
     model.to(device).train()
     recipe = cls(cfg, total)
     recipe.check(model)
-    recipe.check_stream()
+    recipe.start_stream()
     if not per_batch:
         recipe.setup(model, None, device, None)
     opt = make_optimizer(model, cfg)
@@ -246,7 +246,7 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
         idx = torch.arange(len(b["ids"]))
         if not per_batch:
             return feats, idx, None
-        source = BatchSource(feats)           # stage 2: the frozen stage-1 masks of this batch
+        source = BatchSource(feats, b["ids"])  # stage 2: the frozen stage-1 masks of this batch
         recipe.setup(model, source, device, None)
         return feats, idx, source
 
@@ -264,10 +264,12 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
 class BatchSource:
     """One batch's DocFeatures behind the ``get(idx)`` interface of a document source, so a recipe
     that prepares per-document state in ``setup`` (stage 2's frozen masks) can run on a stream,
-    preparing each batch as it comes."""
+    preparing each batch as it comes.  ``ids``: the documents' content ids, as int64 (the first
+    60 bits), which name a document across batches and ranks."""
 
-    def __init__(self, feats):
+    def __init__(self, feats, ids=()):
         self.feats = feats
+        self.ids = torch.tensor([int(i[:15], 16) for i in ids], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.feats)

@@ -68,3 +68,92 @@ def sample_negatives(pools: torch.Tensor, rows: torch.Tensor, k: int,
     k = min(k, W)
     pick = torch.rand(len(rows), W, generator=g).argsort(dim=1)[:, :k]
     return pools[rows][torch.arange(len(rows))[:, None], pick]
+
+
+class NegativeQueue:
+    """Mined negatives on a stream: the last ``size`` documents this rank has trained on.
+
+    A stream has no random access to the corpus, so the neighbours are searched in a queue of
+    recent documents instead of the whole set (the memory-bank form of mining): each document's
+    id, its towers' pooled vectors (the similarity of ``neighbour_pools``) and its joint embedding
+    as computed when it was trained on (detached: a queued negative gives no gradient).  For every
+    anchor the entries with its own id are skipped, then its ``skip`` nearest, and ``k`` are drawn
+    from the next ``window`` ranks.  Memory and work are O(size) per anchor; the state is a few
+    tensors, kept in the checkpoint, so a resumed run mines exactly as an uninterrupted one.
+    """
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError(f"the negative queue needs size >= 1, got {size}")
+        self.size = size
+        self.ids = self.image = self.text = self.emb = None
+        self.count = 0                    # documents pushed so far (the next slot is count % size)
+
+    def __len__(self) -> int:
+        return min(self.count, self.size)
+
+    def mine(self, ids: torch.Tensor, image_pooled: torch.Tensor, text_pooled: torch.Tensor,
+             skip: int, window: int, k: int, g: torch.Generator):
+        """(B,) int64 ids and (B, d) pooled vectors of the anchors -> (B, k, D) embeddings,
+        (B, k) int64 ids and (B, k) bool valid (False where fewer than skip + 1 queued documents
+        were left for that anchor, and always before the first push)."""
+        B, n = len(ids), len(self)
+        if n == 0:
+            return None, None, None
+        dev = self.emb.device
+        qi = F.normalize(image_pooled.detach().to(dev, torch.float32), dim=-1)
+        qt = F.normalize(text_pooled.detach().to(dev, torch.float32), dim=-1)
+        sim = 0.5 * (qi @ self.image[:n].float().T + qt @ self.text[:n].float().T)   # (B, n)
+        same = ids.to(dev)[:, None] == self.ids[:n][None, :]
+        sim = sim.masked_fill(same, float("-inf"))
+        top = min(n, skip + window)
+        v, order = sim.topk(top, dim=1)                                              # (B, top)
+        ranks = torch.arange(top, device=dev)[None, :]
+        usable = (ranks >= skip) & torch.isfinite(v)                                 # (B, top)
+        key = torch.rand(B, top, generator=g).to(dev).masked_fill(~usable, 2.0)
+        pick = key.argsort(dim=1)[:, :k]
+        if pick.shape[1] < k:                                                        # top < k
+            pick = torch.cat([pick, pick[:, :1].expand(B, k - pick.shape[1])], dim=1)
+        valid = usable.gather(1, pick)
+        if pick.shape[1] > top:
+            valid[:, top:] = False
+        slot = order.gather(1, pick)
+        return self.emb[slot], self.ids[slot], valid
+
+    @torch.no_grad()
+    def push(self, ids: torch.Tensor, image_pooled: torch.Tensor, text_pooled: torch.Tensor,
+             emb: torch.Tensor) -> None:
+        """Add a batch (oldest entries are overwritten once the queue is full)."""
+        if self.emb is None:
+            dev = emb.device
+            self.ids = torch.full((self.size,), -1, dtype=torch.long, device=dev)
+            self.image = torch.zeros(self.size, image_pooled.shape[1], dtype=torch.float16, device=dev)
+            self.text = torch.zeros(self.size, text_pooled.shape[1], dtype=torch.float16, device=dev)
+            self.emb = torch.zeros(self.size, emb.shape[1], dtype=torch.float32, device=dev)
+        B = len(ids)
+        slots = (self.count + torch.arange(B, device=self.emb.device)) % self.size
+        if B > self.size:                                  # only the last `size` survive
+            slots, ids, image_pooled, text_pooled, emb = (slots[-self.size:], ids[-self.size:],
+                                                          image_pooled[-self.size:],
+                                                          text_pooled[-self.size:], emb[-self.size:])
+        self.ids[slots] = ids.to(self.ids.device)
+        self.image[slots] = F.normalize(image_pooled.float(), dim=-1).to(self.image)
+        self.text[slots] = F.normalize(text_pooled.float(), dim=-1).to(self.text)
+        self.emb[slots] = emb.detach().float()
+        self.count += B
+
+    def state_tensors(self) -> dict:
+        if self.emb is None:
+            return {"queue_count": torch.tensor(0)}
+        return {"queue_count": torch.tensor(self.count), "queue_ids": self.ids,
+                "queue_image": self.image, "queue_text": self.text, "queue_emb": self.emb}
+
+    def load_state_tensors(self, state: dict, device=None) -> None:
+        self.count = int(state["queue_count"])
+        if self.count:
+            dev = device or state["queue_emb"].device
+            self.ids, self.image, self.text, self.emb = (
+                state[f"queue_{k}"].to(dev) for k in ("ids", "image", "text", "emb"))
+            if len(self.ids) != self.size:
+                raise ValueError(f"the checkpoint's negative queue holds {len(self.ids)} slots, "
+                                 f"mine_queue is {self.size}; resume with the same mine_queue")

@@ -23,7 +23,7 @@ from .config import TrainConfig
 from .losses import (element_alignment, element_contrast, empty_cells, empty_rejection,
                      gla_hinge, gla_local_hinge, gla_smoothmax_hinge, global_distillation,
                      local_alignment, local_distillation)
-from .mining import neighbour_pools, sample_negatives
+from .mining import NegativeQueue, neighbour_pools, sample_negatives
 from .mixing import mix_patches, mix_texts, token_owners
 from .qda import RunningQDA, annealed_mask, rho_schedule
 from .registry import register_recipe
@@ -55,8 +55,9 @@ class Recipe:
             raise ValueError(f"recipe {self.cfg.recipe!r} needs a {self.arch.__name__}, got "
                              f"{type(model).__name__} (model={self.cfg.model!r})")
 
-    def check_stream(self) -> None:
-        """Raise ValueError when the recipe cannot train on a stream."""
+    def start_stream(self) -> None:
+        """Called before training on a stream (no random access to the corpus): prepare for it,
+        or raise ValueError when the recipe cannot train that way."""
 
     def setup(self, model, source, device, used=None) -> None:
         """``used``: indices of the documents the run's batches will contain."""
@@ -239,12 +240,13 @@ class Stage2(Recipe):
     def __init__(self, cfg, total_steps):
         super().__init__(cfg, total_steps)
         self.gen = torch.Generator().manual_seed(cfg.seed + 17)
+        self.queue = None                 # on a stream: the queue mined negatives come from
 
-    def check_stream(self) -> None:
+    def start_stream(self) -> None:
+        """On a stream the mined negatives come from a queue of the last ``mine_queue`` documents
+        (solar.train.mining.NegativeQueue) instead of the whole corpus."""
         if self.cfg.mine_k > 0:
-            raise ValueError(f"recipe {self.cfg.recipe!r} mines negatives among documents held in "
-                             "memory: stream it with --set mine_k=0 (views and in-batch negatives "
-                             "only), or pass --no-stream / a subset (--limit)")
+            self.queue = NegativeQueue(self.cfg.mine_queue)
 
     @torch.no_grad()
     def setup(self, model, source, device, used=None) -> None:
@@ -279,7 +281,8 @@ class Stage2(Recipe):
             m.seg_diff[idx] = seg <= tau_i
         self.masks = m
         self.pools = (neighbour_pools(*source.pooled(model), self.cfg.mine_skip,
-                                      self.cfg.mine_window) if self.cfg.mine_k > 0 else None)
+                                      self.cfg.mine_window)
+                      if self.cfg.mine_k > 0 and self.queue is None else None)
         model.train(was)
 
     def _view(self, wv, wl):
@@ -310,8 +313,19 @@ class Stage2(Recipe):
                            model.joint(v, vw["pos_image"], l, wl)], dim=1)  # (B, 2, D)
         neg = torch.stack([model.joint(v, wv, l, vw["neg_text"]),
                            model.joint(v, vw["neg_image"], l, wl)], dim=1)  # (B, 2, D)
-        mined = None
-        if c.mine_k > 0:
+        mined = mined_ok = None
+        doc_ids = idx                                     # what names a document across ranks
+        if c.mine_k > 0 and self.queue is not None:                         # a stream
+            doc_ids = source.ids.to(dev)
+            mined, mined_idx, mined_ok = self.queue.mine(
+                doc_ids, feats.image.pooled, feats.text.pooled, c.mine_skip, c.mine_window,
+                c.mine_k, self.gen)
+            if mined is None:                                               # empty queue
+                B = len(doc_ids)
+                mined = torch.zeros(B, c.mine_k, anchors.shape[1], device=dev)
+                mined_idx = torch.full((B, c.mine_k), -1, dtype=torch.long, device=dev)
+                mined_ok = torch.zeros(B, c.mine_k, dtype=torch.bool, device=dev)
+        elif c.mine_k > 0:
             mined_idx = sample_negatives(self.pools, idx, c.mine_k, self.gen)   # (B, k)
             mf = source.get(mined_idx.flatten(), model).to(dev)
             mined = model.embed(mf).view(len(idx), mined_idx.shape[1], -1)     # (B, k, D)
@@ -322,28 +336,39 @@ class Stage2(Recipe):
         valid[:, cg.slices["constructed_negatives"]] &= dist.all_gather_nograd(
             neg_ok).flatten()[None, :]
         if mined is not None:
-            gidx = dist.all_gather_nograd(idx.to(dev))
+            gidx = dist.all_gather_nograd(doc_ids.to(dev))
             gm = dist.all_gather_nograd(mined_idx.to(dev)).flatten()
             valid[:, cg.slices["mined_negatives"]] &= gm[None, :] != gidx[:, None]
+            if mined_ok is not None:
+                valid[:, cg.slices["mined_negatives"]] &= dist.all_gather_nograd(
+                    mined_ok).flatten()[None, :]
         loss = ops.multi_positive_infonce(A, cg.candidates, cg.positives, valid, c.temperature,
                                           backend=None)
+        docs = model.joint(v, wv0, l, wl0) if c.s2_distill > 0 or self.queue is not None else None
         if c.s2_distill > 0:
-            loss = loss + c.s2_distill * global_distillation(G(model.joint(v, wv0, l, wl0)),
-                                                             G(teacher_documents(feats)))
+            loss = loss + c.s2_distill * global_distillation(G(docs), G(teacher_documents(feats)))
+        if self.queue is not None:                        # after mining: never its own negative
+            self.queue.push(doc_ids, feats.image.pooled, feats.text.pooled, docs)
         with torch.no_grad():
             sims = A @ cg.candidates.T
             metrics = {"pos_sim": sims[cg.positives].mean().item(),
                        "neg_view_sim": sims[:, cg.slices["constructed_negatives"]].mean().item(),
                        "neg_views_ok": neg_ok.float().mean().item()}
             if mined is not None:
-                metrics["mined_sim"] = sims[:, cg.slices["mined_negatives"]].mean().item()
+                ms, mv = sims[:, cg.slices["mined_negatives"]], valid[:, cg.slices["mined_negatives"]]
+                metrics["mined_sim"] = ms[mv].mean().item() if mv.any() else float("nan")
         return loss, metrics
 
     def state_tensors(self) -> dict:
-        return {"gen": self.gen.get_state()}
+        state = {"gen": self.gen.get_state()}
+        if self.queue is not None:
+            state.update(self.queue.state_tensors())
+        return state
 
     def load_state_tensors(self, state: dict) -> None:
         self.gen.set_state(state["gen"])
+        if self.queue is not None:
+            self.queue.load_state_tensors(state)
 
 
 def crop_keep(shape, max_frac: float, g: torch.Generator) -> torch.Tensor:

@@ -3,6 +3,7 @@ records), in memory and streamed, exact resume, towers from the command line, to
 shards, chunked mining.  Tiny random towers: seconds per test."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -110,6 +111,18 @@ def test_stream_epoch_sees_every_record_once(tmp_path):
             for i in json.loads(x)["ids"]]
     from solar.data import open_source
     assert sorted(seen) == sorted(r.id for r in open_source(str(data))) and s["steps"] == 12
+
+
+def test_stream_batch_holds_no_copies(tmp_path):
+    """The same document in two shards: never twice in one batch, and every batch is full."""
+    import shutil
+    from solar.train.stream import DocStream, StreamPlan, WorkerState
+    data = synth.write_tars(tmp_path / "dup", 12, shards=1, bad=False)
+    shutil.copy(data / "00000.tar", data / "00001.tar")
+    plan = StreamPlan.build([str(data)], None, 0.0, 0, None, None)
+    ds = DocStream(plan, 8, 0, 0, 1, [WorkerState()], shuffle_buffer=24, seed=0)
+    batches = list(itertools.islice(iter(ds), 6))
+    assert all(len(b["ids"]) == 8 == len(set(b["ids"])) for b in batches)
 
 
 def test_cli_towers_lora_and_load_back(corpora, tmp_path):

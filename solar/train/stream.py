@@ -7,7 +7,10 @@ G = world x workers equal contiguous ranges of R = N // G records, one per *logi
 g = rank x workers + q (the < G left-over records wait for another epoch's order).  A worker
 reads only its own range (skipping, without decoding, into its first unit), shuffles it with a
 seeded buffer of raw records, drops records of the other split, decodes in the DataLoader worker
-process and yields whole batches of B documents.
+process and yields whole batches of B documents.  A record whose content id is already in the
+batch being filled is skipped (two copies in one batch would be each other's false negative; the
+stage-2 queue of mined negatives skips an anchor's own id too); copies in different batches are
+trained on as often as they occur.
 
 Every worker yields exactly ``n_b = R_split // B`` batches per epoch, so all ranks take the same
 number of steps and no collective waits on a rank that ran dry.  Bad records are skipped (and
@@ -247,11 +250,12 @@ class DocStream(torch.utils.data.IterableDataset):
                 if r is None:                               # two ends with nothing good between
                     empty_passes = empty_passes + 1 if good == 0 else 0
                     if empty_passes >= 2:
-                        raise RuntimeError(f"reader {g}: no usable training record in its range")
+                        raise RuntimeError(f"reader {g}: no usable training record in its range "
+                                           f"(or fewer distinct documents than batch_size={self.B})")
                     good = 0
                     continue
-                if not self.plan.wanted(r.id):
-                    continue
+                if not self.plan.wanted(r.id) or r.id in ids:   # a copy in one batch would be
+                    continue                                    # its own false negative
                 rec = decode_record(r)
                 if not hasattr(rec, "image"):
                     bad.append(rec.to_json())

@@ -31,6 +31,14 @@ def test_smoke_table_has_every_row(tmp_path, monkeypatch):
     # a second call reuses every run and every evaluation
     again = table.run_table(cfg, log=lambda m: None)
     assert again["runs"] == result["runs"]
+    # The val twin scores the same runs without training anything again.
+    logs = []
+    cfg.bench_split = "val"
+    val = table.run_table(cfg, log=logs.append)
+    assert not [m for m in logs if m.startswith("trained")] and val["runs"].keys() == result["runs"].keys()
+    assert json.loads((tmp_path / "table" / "benchmark.val.jsonl").open().readline())["config"]["split"] == "val"
+    assert val["benchmark_sha256"] != result["benchmark_sha256"]
+    assert (tmp_path / "table" / "table.val.md").is_file() and (tmp_path / "table" / "results.json").is_file()
 
 
 def test_finished_runs_survive_a_new_option(tmp_path):

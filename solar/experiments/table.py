@@ -89,6 +89,7 @@ class TableConfig:
     cache_dir: Optional[str] = None
     bench_seed: int = 0
     bench_max_items: Optional[int] = None
+    bench_split: str = "test"
     eval_batch_size: int = 64
 
     def __post_init__(self):
@@ -211,8 +212,8 @@ def _runs_for_seed(cfg: TableConfig, pairs, seed: int, log: Callable) -> dict:
 def _bench(cfg: TableConfig, log: Callable):
     from solar.eval.construct import BenchmarkConfig, build_benchmark
     from solar.eval.manifest import load_benchmark
-    path = Path(cfg.out_dir) / "benchmark.jsonl"
-    bcfg = BenchmarkConfig(seed=cfg.bench_seed, max_items=cfg.bench_max_items)
+    path = Path(cfg.out_dir) / f"benchmark{_suffix(cfg)}.jsonl"
+    bcfg = BenchmarkConfig(seed=cfg.bench_seed, max_items=cfg.bench_max_items, split=cfg.bench_split)
     if path.is_file():
         bench = load_benchmark(path)
         if bench.config == dataclasses.asdict(bcfg):
@@ -225,8 +226,15 @@ def _bench(cfg: TableConfig, log: Callable):
     return bench
 
 
+def _suffix(cfg: TableConfig) -> str:
+    """File-name suffix of a table's benchmark and results: "" on the test split, ".val" on the
+    val twin (the runs are shared: one training, scored on either)."""
+    return "" if cfg.bench_split == "test" else f".{cfg.bench_split}"
+
+
 def run_table(cfg: TableConfig, log: Callable = print) -> dict:
-    """Train, evaluate and aggregate; writes results.json and table.md into ``cfg.out_dir``."""
+    """Train, evaluate and aggregate; writes results.json and table.md into ``cfg.out_dir``
+    (results.val.json and table.val.md when ``bench_split`` is "val")."""
     from solar.eval.embed import TowerCache
     from solar.eval.evaluate import evaluate
     from solar.eval.run import manifest_digest
@@ -234,7 +242,7 @@ def run_table(cfg: TableConfig, log: Callable = print) -> dict:
     t0 = time.perf_counter()
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    res_path = out_dir / "results.json"
+    res_path = out_dir / f"results{_suffix(cfg)}.json"
     bench = _bench(cfg, log)
     digest = manifest_digest(bench)
     old = json.loads(res_path.read_text()) if res_path.is_file() else {}
@@ -258,7 +266,7 @@ def run_table(cfg: TableConfig, log: Callable = print) -> dict:
             res_path.write_text(json.dumps(result, indent=2))
     result["wall_seconds_this_call"] = round(time.perf_counter() - t0, 1)
     res_path.write_text(json.dumps(result, indent=2))
-    (out_dir / "table.md").write_text(render_tables(result))
+    (out_dir / f"table{_suffix(cfg)}.md").write_text(render_tables(result))
     return result
 
 
@@ -282,7 +290,8 @@ def render_tables(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-    """python -m solar.experiments.table [--preset cpu|cpu-short|smoke] [--out-dir DIR] [--seeds 0,1,2]"""
+    """python -m solar.experiments.table [--preset cpu|cpu-short|smoke] [--out-dir DIR] [--seeds 0,1,2]
+    [--split test|val]"""
     import click
 
     @click.command()
@@ -290,7 +299,10 @@ def main(argv=None) -> None:
     @click.option("--out-dir", default=None, help="Override the preset's output folder.")
     @click.option("--seeds", default=None, help="Comma-separated seeds (default: the preset's).")
     @click.option("--cache-dir", default=None, help="Tower feature cache of the training runs.")
-    def cmd(preset, out_dir, seeds, cache_dir):
+    @click.option("--split", "bench_split", type=click.Choice(["test", "val"]), default="test",
+                  show_default=True, help="Score on the benchmark (test) or its val twin, the one "
+                  "to choose settings on; the trained runs are shared.")
+    def cmd(preset, out_dir, seeds, cache_dir, bench_split):
         cfg = PRESETS[preset]()
         if out_dir:
             cfg.out_dir = out_dir
@@ -298,6 +310,7 @@ def main(argv=None) -> None:
             cfg.seeds = tuple(int(s) for s in seeds.split(","))
         if cache_dir:
             cfg.cache_dir = cache_dir
+        cfg.bench_split = bench_split
         t = time.perf_counter()
         result = run_table(cfg, log=lambda m: click.echo(f"[{time.perf_counter() - t:7.0f} s] {m}", err=True))
         click.echo(render_tables(result))

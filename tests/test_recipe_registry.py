@@ -124,14 +124,25 @@ def test_recipe_without_default_model_needs_one():
     assert TrainConfig(recipe="stage2-no-mined", model="runs/s1").lr == 1e-4
 
 
-def test_stream_check_is_the_recipes_own(manifest, tmp_path):
-    """Stage 2 on a stream refuses mined negatives; its no-mined ablation streams."""
+def test_stream_start_is_the_recipes_own(manifest, tmp_path):
+    """On a stream each recipe prepares itself: stage 2 mines from its queue, its no-mined
+    ablation has none, and a recipe that refuses a stream stops the run with its reason."""
     s1 = train(_run_cfg(tmp_path / "s1", manifest, recipe="stage1", model="solar-tiny-random",
                         segments=2))
     assert s1["steps"] == 2
     stream = dict(model=str(tmp_path / "s1"), stream=True, segments=2, mine_skip=1, mine_window=4)
-    with pytest.raises(ValueError, match="'stage2' mines negatives"):
-        train(_run_cfg(tmp_path / "s2", manifest, recipe="stage2", **stream))
-    s = train(_run_cfg(tmp_path / "s2m", manifest, recipe="stage2-no-mined", **stream))
-    assert s["data"] == "stream" and all(math.isfinite(x) for x in s["losses"])
-    assert torch.isfinite(torch.tensor(s["losses"])).all()
+    for name, mined in (("stage2", True), ("stage2-no-mined", False)):
+        s = train(_run_cfg(tmp_path / name, manifest, recipe=name, **stream))
+        assert s["data"] == "stream" and all(math.isfinite(x) for x in s["losses"])
+        assert ("mined_sim" in (tmp_path / name / "metrics.jsonl").read_text()) == mined
+
+    class NoStream(PooledAlignment):
+        def start_stream(self):
+            raise ValueError("pooled-alignment-in-memory needs the whole set")
+    register_recipe("pooled-alignment-in-memory", NoStream, default_model="score-fusion-tiny-random")
+    try:
+        with pytest.raises(ValueError, match="needs the whole set"):
+            train(_run_cfg(tmp_path / "ns", manifest, recipe="pooled-alignment-in-memory",
+                           stream=True))
+    finally:
+        unregister_recipe("pooled-alignment-in-memory")

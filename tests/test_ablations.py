@@ -110,6 +110,11 @@ def test_results_table_trains_ablations_by_recipe_name(monkeypatch, tmp_path):
     assert asked["solar_s12-seed0"]["s2_distill"] == 1.0 and "model_overrides" not in asked["solar_s12-seed0"]
     p1 = asked["paper_stage1_s1-seed0"]
     assert (p1["gla_form"], p1["w_local"], p1["model_overrides"]["mask_scores"]) == ("mean", 0.0, "global")
+    assert (p1["w_compose"], p1["compose_qda"]) == (0.0, False)
+    assert (asked["solar_s1-seed0"]["w_compose"], asked["solar_s1-seed0"]["compose_qda"]) == (3.0, True)
+    n1 = asked["no_composites_s1-seed0"]
+    assert (n1["w_compose"], n1["compose_qda"], n1["local_form"]) == (0.0, False, "owner")
+    assert asked["no_composites_s12-seed0"]["s2_distill"] == 1.0
     assert asked["paper_stage1_s12-seed0"]["crop_views"] == 0.3
     c1 = asked["cls_readout_s1-seed0"]
     assert (c1["model_overrides"]["readout"], c1["local_form"]) == ("cls", "owner")

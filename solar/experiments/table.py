@@ -12,7 +12,8 @@ Ablations of SOLAR stage 1+2, each trained by its registered recipe names (solar
     no_mined_negatives        stage 2 without the offline-mined negatives (from solar_s1)
 and each of the project's deviations from the papers switched off (docs/method.md), one at a time:
     paper_stage1              stage 1 in the paper's form (GLA on means, no local alignment,
-                              global mask scores), then the project's stage 2
+                              no composites, global mask scores), then the project's stage 2
+    no_composites             stage 1 without composite supervision (and its thresholds)
     cls_readout               the embedding from the CLS output alone (the paper's readout)
     no_views                  stage 2 whose views differ from the anchor only by the masks
     no_s2_distill             stage 2 without the global distillation of the documents
@@ -43,18 +44,21 @@ ABLATION_RECIPES = {"no_mask": ("stage1-no-mask", "stage2"),
 # one with no stage-1 fields starts from solar_s1
 DEVIATIONS_OFF = {
     "paper_stage1": ({"gla_form": "mean", "w_local": 0.0, "local_form": "pair",
+                      "w_compose": 0.0, "compose_qda": False,
                       "model_set": {"mask_scores": "global", "readout": "cls+pooled"}}, {}),
+    "no_composites": ({"w_compose": 0.0, "compose_qda": False}, {}),
     "cls_readout": ({"model_set": {"mask_scores": "local", "readout": "cls"}}, {}),
     "no_views": ({}, {"crop_views": 0.0, "token_drop": 0.0, "anchor_view": False}),
     "no_s2_distill": ({}, {"s2_distill": 0.0}),
 }
 ABLATIONS = tuple(ABLATION_RECIPES) + tuple(DEVIATIONS_OFF)
 # TrainConfig fields per recipe, chosen on the val twin (docs/experiments.md: B-5, B-9, S1-4,
-# S2-2, S2-7); "model_set" holds ModelConfig fields of the starting preset.
+# S1-12, S2-2, S2-7); "model_set" holds ModelConfig fields of the starting preset.
 RECIPE_SET = {
     "clip": {"lr": 3e-5},
     "gcl": {"lr": 3e-5},
     "stage1": {"batch_size": 64, "gla_form": "local", "w_local": 1.0, "local_form": "owner",
+               "w_compose": 3.0, "compose_qda": True,
                "model_set": {"mask_scores": "local", "readout": "cls+pooled"}},
     "stage2": {"crop_views": 0.3, "token_drop": 0.2, "anchor_view": True, "s2_distill": 1.0},
 }
@@ -64,6 +68,7 @@ LABELS = {"score_fusion": "score fusion, untrained", "clip": "image-text contras
           "no_mined_negatives": "SOLAR 1+2, no mined negatives",
           "paper_stage1": "SOLAR 1+2, paper's stage 1", "cls_readout": "SOLAR 1+2, CLS readout",
           "no_views": "SOLAR 1+2, no view changes",
+          "no_composites": "SOLAR 1+2, no composite supervision",
           "no_s2_distill": "SOLAR 1+2, no stage-2 distillation"}
 
 

@@ -93,6 +93,15 @@ class TrainConfig:
     empty_null: float = 0.2                # the "none" option's score
     mix_text: float = 0.0                  # pair mixing (mixing.py): share of captions that get
     mix_image: float = 0.0                 # another's keywords / images half another's patches
+    w_compose: float = 0.0                 # weight of composite supervision (composites.py): 0 =
+                                           # the paper's stage 1 (plain pairs only)
+    compose_n: int = 4096                  # composites built from the training documents
+    compose_batch: int = 32                # composites per step
+    compose_words: tuple = (8, 8)          # (min, max) words of each part of a composite's text
+    compose_center: float = 0.2            # score where the composite loss is undecided
+    compose_temp: float = 0.05             # its temperature
+    compose_qda: bool = False              # QDA thresholds from the composites' intersection vs
+                                           # difference scores (else: own vs other pairs, paper)
     mask_probe_every: int = 0              # log mask-benchmark metrics (val split) every N steps
     mask_probe_cases: int = 64             # composites in that probe
     w_gla: float = 1.0                     # lambda1
@@ -152,6 +161,15 @@ class TrainConfig:
             raise ValueError("w_empty must be >= 0, empty_cos and empty_null in [-1, 1]")
         if self.w_local < 0 or self.local_temp <= 0:
             raise ValueError("w_local must be >= 0 and local_temp positive")
+        if self.w_compose < 0 or self.compose_temp <= 0 or not -1.0 <= self.compose_center <= 1.0:
+            raise ValueError("w_compose must be >= 0, compose_temp positive and compose_center "
+                             "in [-1, 1]")
+        self.compose_words = tuple(int(x) for x in self.compose_words)
+        if len(self.compose_words) != 2 or not 1 <= self.compose_words[0] <= self.compose_words[1]:
+            raise ValueError(f"compose_words must be (min, max) with 1 <= min <= max, got "
+                             f"{self.compose_words}")
+        if self.compose_n < 2 or self.compose_batch < 2:
+            raise ValueError("compose_n and compose_batch must be at least 2")
         if self.gla_temp <= 0:
             raise ValueError(f"gla_temp must be positive, got {self.gla_temp}")
         if self.temperature <= 0 or self.lr <= 0:

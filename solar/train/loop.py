@@ -81,6 +81,7 @@ def make_source(cfg: TrainConfig, model, docs, device, log, name: str = "docs"):
                                cfg.feature_batch, cfg.progress and dist.rank() == 0)
     store.max_tokens = max_tokens
     store.texts = [d.text for d in docs]
+    store.docs = docs                   # recipes that build from the documents (composites)
     log({"event": "feature_cache", **info, "docs": len(docs)})
     return store
 
@@ -180,6 +181,7 @@ def _train_docs(cfg, model, data, device, log, info) -> dict:
     t1 = time.perf_counter()
     used = torch.cat([batch_indices(len(source), s, a, cfg)
                       for s in range(total) for a in range(cfg.grad_accum)])
+    recipe.log = log
     recipe.setup(model, source, device, used)
     setup_s = time.perf_counter() - t1
     opt = make_optimizer(model, cfg)

@@ -45,6 +45,7 @@ class Recipe:
     """
     arch = None
     setup_per_batch = False
+    log = None                           # the run's event log (set by the loop), or None
 
     def __init__(self, cfg: TrainConfig, total_steps: int):
         self.cfg = cfg
@@ -104,11 +105,24 @@ class Stage1(Recipe):
         owner = token_owners(model.text_tower, mixed, cut, other, lm.shape[1], off)
         return lm, mf.text_weights.to(lm.device), owner.to(lm.device)
 
+    def start_stream(self) -> None:
+        if self.cfg.w_compose > 0:
+            raise ValueError("w_compose builds composites from the training documents, which a "
+                             "stream cannot reach at random: train stage 1 in memory "
+                             "(--no-stream) or with w_compose=0")
+
     def setup(self, model, source, device, used=None) -> None:
         self.probe = None
         self.blank = None
+        self.compose = None
         if self.cfg.w_empty > 0:
             self.blank = blank_cells(model)
+        if self.cfg.w_compose > 0:
+            from .composites import composite_store
+            docs = getattr(source, "docs", None)
+            if docs is None:
+                raise ValueError("w_compose needs the training documents (an in-memory source)")
+            self.compose = composite_store(model, docs, self.cfg, self.log)
         if self.cfg.mask_probe_every > 0 and dist.rank() == 0:
             from solar.eval.mask_metrics import case_features
             from solar.eval.masks import MaskBenchConfig, build_mask_benchmark
@@ -124,17 +138,42 @@ class Stage1(Recipe):
         r = evaluate_model_masks(model, self.probe)
         return {f"probe_{k}": r[k] for k in ("token_auc", "patch_auc", "token_f1", "patch_iou")}
 
+    def _compose_loss(self, model, device):
+        """Composite supervision (composites.py): (loss, metrics) on ``compose_batch`` composites;
+        with ``compose_qda`` the running QDA is fed their intersection vs difference scores."""
+        from .composites import compose_loss
+        from solar.eval.mask_metrics import roc_auc
+        store, tok_y, pat_y = self.compose
+        idx = torch.randint(len(store), (self.cfg.compose_batch,), generator=self.gen)
+        f = store.get(idx).to(device)
+        t, p = model.diagonal_scores(f)                                   # (b, T'), (b, P)
+        ty, py = tok_y[idx][:, : t.shape[1]].to(device), pat_y[idx].to(device)
+        ty = ty.masked_fill(~f.text_weights, -1)
+        loss = compose_loss(t, ty, p, py, self.cfg.compose_center, self.cfg.compose_temp)
+        with torch.no_grad():
+            if self.cfg.compose_qda:
+                self.qda["text"].update(t[ty == 1].float(), t[ty == 0].float())
+                self.qda["image"].update(p[py == 1].float(), p[py == 0].float())
+            tn, pn = t.detach().float().cpu().numpy(), p.detach().float().cpu().numpy()
+            tyn, pyn = ty.cpu().numpy(), py.cpu().numpy()
+            m = {"compose": loss.item(),
+                 "compose_token_auc": roc_auc(tn[tyn == 1], tn[tyn == 0]),
+                 "compose_patch_auc": roc_auc(pn[pyn == 1], pn[pyn == 0])}
+        return loss, m
+
     def _masks(self, name, s, weights, rho):
         """Update the modality's running QDA from detached (B, B, L) scores of locals against
-        partners; return (soft mask, tau, marked share)."""
+        partners (unless ``compose_qda`` feeds it from composites); return (soft mask, tau,
+        marked share)."""
         with torch.no_grad():
             s = s.float()
             B = s.shape[0]
             eye = torch.eye(B, dtype=torch.bool, device=s.device)
             diag = s[eye]                                                  # (B, L)
-            pos = diag[weights]
-            neg = s[(~eye)[:, :, None] & weights[:, None, :].expand(B, B, -1)]
-            self.qda[name].update(pos, neg)
+            if not self.cfg.compose_qda:
+                pos = diag[weights]
+                neg = s[(~eye)[:, :, None] & weights[:, None, :].expand(B, B, -1)]
+                self.qda[name].update(pos, neg)
             tau = self.qda[name].threshold()
             hard = (diag > tau) & weights if math.isfinite(tau) else weights.clone()
             frac = hard.sum().item() / max(weights.sum().item(), 1)
@@ -161,6 +200,9 @@ class Stage1(Recipe):
         else:
             gla_i = self._gla(pv, wv, G(f_l), off)
         rho = rho_schedule(step, self.total_steps, c.anneal_frac)
+        loss_compose, m_compose = None, {}
+        if c.w_compose > 0:
+            loss_compose, m_compose = self._compose_loss(model, pv.device)
         element = c.w_local > 0 and c.local_form != "pair"
         # Under local mask scores the masks' scores are the element loss's best matches: one
         # computation serves both (with gradient only when that loss uses it).
@@ -198,6 +240,8 @@ class Stage1(Recipe):
             loss = loss + c.w_local * loss_local
         if c.w_empty > 0:
             loss = loss + c.w_empty * loss_empty
+        if loss_compose is not None:
+            loss = loss + c.w_compose * loss_compose
         model.thresholds.copy_(torch.tensor([tau_t, tau_i]))
         metrics = {"itc": itc.item(), "gla": (gla_t + gla_i).item(), "gd": gd.item(),
                    "ld": ld.item(), "rho": rho, "tau_text": tau_t, "tau_image": tau_i,
@@ -207,6 +251,7 @@ class Stage1(Recipe):
                    "logit_scale": _scale(model).item()}
         metrics.update(self.qda["text"].summary("text"))
         metrics.update(self.qda["image"].summary("image"))
+        metrics.update(m_compose)
         metrics.update(self._probe(model, step))
         return loss, metrics
 

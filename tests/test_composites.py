@@ -124,7 +124,8 @@ def test_compose_options_default_off_and_checked():
     c = TrainConfig()
     assert (c.w_compose, c.compose_qda) == (0.0, False)
     for bad in ({"w_compose": -1.0}, {"compose_temp": 0.0}, {"compose_center": 2.0},
-                {"compose_n": 1}, {"compose_batch": 1}):
+                {"compose_n": 1}, {"compose_batch": 1}, {"compose_qda": True},
+                {"compose_words": (0, 8)}, {"compose_words": (9, 8)}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 

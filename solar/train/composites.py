@@ -11,14 +11,14 @@ and C can:
   random order, so a word's position says nothing about its label.
 
 Truth by construction: A's words and the cells covering A are intersection; C's words, the cells
-covering B and empty cells are difference.  Words that occur in both parts, function words and
-words found in more than 2 % (and more than 10) of the documents carry no label.  B and C are
-drawn so their caption words are disjoint from A's (and from each other), so neither is likely
-to show A's content.
+covering B and empty cells are difference.  Function words and words found in more than 2 % (and
+more than 10) of the documents carry no label.  B and C are drawn so their content words are
+disjoint from A's (and from each other), so neither is likely to show A's content and no word
+is in both parts of the text.
 
 Nothing here reads an evaluation split: the documents come from the run's own training data. The
-composites' tower features are cached like the training features (frozen towers); with trainable
-towers they are computed live from the rendered canvases.
+composites' tower features are cached like the training features (frozen towers); otherwise they
+are computed once at setup and kept in memory (with trainable towers: the towers at the start).
 """
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ from typing import Optional
 
 import numpy as np
 import torch
+
+from solar.eval.construct import _pastel
+from solar.eval.render import content_box
 
 VERSION = 1
 # Function words carry no content: they are neither labelled nor used to tell parts apart.
@@ -71,13 +74,6 @@ def _part(text: str, words: list) -> str:
     return text[: words[-1][1]] if words else ""
 
 
-def _pastel(rng: random.Random) -> tuple:
-    while True:
-        rgb = tuple(rng.randint(190, 250) for _ in range(3))
-        if min(rgb) <= 225:
-            return rgb
-
-
 def _rgba(img):
     """The picture as RGBA, cropped to its visible content.  A picture on a white ground (the
     border is near-white) gets its near-white pixels made transparent, so it sits on any
@@ -96,8 +92,7 @@ def _rgba(img):
             alpha = Image.new("L", rgb.size, 255)
         rgba = rgb.copy()
         rgba.putalpha(alpha)
-    box = rgba.getchannel("A").point(lambda a: 255 if a > 16 else 0).getbbox()
-    return rgba.crop(box) if box else rgba
+    return rgba.crop(content_box(rgba))
 
 
 def _layout(rng: random.Random, scale: tuple) -> tuple:
@@ -171,7 +166,7 @@ class Composer:
         if b is None:
             return None
         layout = _layout(rng, self.scale)
-        background = (255, 255, 255) if rng.random() < 0.5 else _pastel(rng)
+        background = (255, 255, 255) if rng.random() < 0.5 else tuple(_pastel(rng))
         if self.min_words < self.max_words:          # each part's length drawn in the range
             na, nc = (rng.randint(self.min_words, self.max_words) for _ in range(2))
         else:
@@ -180,7 +175,6 @@ class Composer:
                  ("c", self.docs[c].text, self.words[c][:nc])]
         if rng.random() < 0.5:
             parts.reverse()
-        both = self.content[a] & self.content[c]          # empty unless stop words differ
         text, spans = "", []
         for label, full, words in parts:
             if text:
@@ -188,7 +182,7 @@ class Composer:
             base = len(text)
             text += _part(full, words)
             spans += [(base + s, base + e, label) for s, e, w in words
-                      if w not in STOP_WORDS and w not in self.generic and w not in both]
+                      if w not in STOP_WORDS and w not in self.generic]
         return CompositeSpec(a, b, c, layout, background, self.size, text,
                              tuple(spans))
 
@@ -274,7 +268,7 @@ def composite_truth(model, composer: Composer, specs: list, text_mask: torch.Ten
                     cells: Optional[dict] = None, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Truth of every composite: token (N, T) int8 over the features' text positions and patch
     (N, P) int8 over the image tower's grid; 1 intersection, 0 difference, -1 not scored (function
-    words, words in both parts, padding).  Empty cells and B's cells are difference.  ``cells``:
+    and generic words, punctuation, padding).  Empty cells and B's cells are difference.  ``cells``:
     cell truth already rendered (see ``composite_docs``); the others are rendered here."""
     from solar.eval.masks import cell_labels, token_labels
     grid = square_grid(model)
@@ -305,7 +299,8 @@ def composite_store(model, docs: list, cfg, log=None):
 
     Frozen towers with ``cfg.use_cache``: features and truth cached as
     ``compose-<key>.safetensors`` / ``compose-truth-<key>.safetensors`` beside the training
-    features; otherwise the towers run over the rendered composites now (kept in memory)."""
+    features; otherwise the towers run over the rendered composites once, now (kept in memory;
+    trainable towers are not re-run on them later)."""
     from safetensors.torch import load_file, save_file
 
     from .features import _atomic_save, build_store, cache_key, cached_store, default_cache_dir

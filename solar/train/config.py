@@ -168,6 +168,9 @@ class TrainConfig:
         if len(self.compose_words) != 2 or not 1 <= self.compose_words[0] <= self.compose_words[1]:
             raise ValueError(f"compose_words must be (min, max) with 1 <= min <= max, got "
                              f"{self.compose_words}")
+        if self.compose_qda and self.w_compose <= 0:
+            raise ValueError("compose_qda takes the thresholds from the composites: it needs "
+                             "w_compose > 0")
         if self.compose_n < 2 or self.compose_batch < 2:
             raise ValueError("compose_n and compose_batch must be at least 2")
         if self.gla_temp <= 0:

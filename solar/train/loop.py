@@ -214,6 +214,7 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
     total = cfg.steps if cfg.epochs is None else max(1, math.ceil(cfg.epochs * per_epoch))
     model.to(device).train()
     recipe = cls(cfg, total)
+    recipe.log = log
     recipe.check(model)
     recipe.start_stream()
     if not per_batch:

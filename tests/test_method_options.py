@@ -21,12 +21,12 @@ def _unit(*shape, seed=0):
 def test_defaults_are_the_papers_form():
     c = TrainConfig()
     assert (c.gla_form, c.w_local, c.mix_text, c.mix_image) == ("mean", 0.0, 0.0, 0.0)
-    assert c.local_form == "pair"
+    assert c.local_form == "pair" and c.neg_form == "hide"
     assert (c.crop_views, c.token_drop, c.anchor_view, c.neg_min_share, c.s2_distill) == (0.0, 0.0, False, 0.0, 0.0)
     m = preset("solar-offline")
     assert (m.readout, m.mask_scores) == ("cls", "global")
     for bad in ({"mix_text": 1.5}, {"w_local": -1.0}, {"gla_temp": 0.0}, {"crop_views": 2.0},
-                {"local_form": "tokens"}):
+                {"local_form": "tokens"}, {"neg_form": "replace"}):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
@@ -171,3 +171,26 @@ def test_readout_and_local_scores_options():
     pv, pl = m.project_locals(v), m.project_locals(l)
     want = torch.einsum("td,pd->tp", pl[0], pv[0]).max(dim=1).values
     assert torch.allclose(tok[0][f.text_weights[0]], want[f.text_weights[0]], atol=1e-6)
+
+
+def test_swap_partners_pair_every_row_with_another_and_skip_duplicates():
+    from types import SimpleNamespace
+    from solar.train.recipes import swap_partners
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])   # rows 0 and 2: same caption
+    image = torch.eye(4)
+    feats = SimpleNamespace(text=SimpleNamespace(pooled=text), image=SimpleNamespace(pooled=image),
+                            has_text=torch.ones(4, dtype=torch.bool),
+                            has_image=torch.ones(4, dtype=torch.bool))
+    seen = set()
+    for seed in range(20):
+        p, ok = swap_partners(feats, torch.Generator().manual_seed(seed))
+        r = int(p[0])
+        seen.add(r)
+        assert torch.equal(p, (torch.arange(4) + r) % 4) and r != 0
+        for i in range(4):
+            assert ok[i, 0] == (not torch.equal(text[i], text[p[i]]))    # text swapped in
+            assert ok[i, 1]                                               # pictures all differ
+    assert seen == {1, 2, 3}
+    one = SimpleNamespace(text=SimpleNamespace(pooled=text[:1]), image=SimpleNamespace(pooled=image[:1]),
+                          has_text=torch.ones(1, dtype=torch.bool), has_image=torch.ones(1, dtype=torch.bool))
+    assert not swap_partners(one, torch.Generator())[1].any()

@@ -90,10 +90,15 @@ def test_stage1_with_the_mask_options_trains(local_form, mix, pairs, cache, tmp_
     assert any(r["empty"] > 0 for r in rows if "loss" in r)
 
 
-def test_stage2_from_stage1_loss_falls(stage1_run, pairs, cache, tmp_path):
+@pytest.mark.parametrize("neg_form", ["hide", "swap", "both"])
+def test_stage2_from_stage1_loss_falls(neg_form, stage1_run, pairs, cache, tmp_path):
     out1, _ = stage1_run
-    s = train(cfg("stage2", tmp_path / "s2", cache, model=str(out1)), pairs=pairs)
+    s = train(cfg("stage2", tmp_path / "s2", cache, model=str(out1), neg_form=neg_form), pairs=pairs)
     assert _falls(s["losses"]), s["losses"]
+    rows = [json.loads(line) for line in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    ok = [r["neg_views_ok"] for r in rows if "loss" in r]
+    if neg_form != "hide":           # swapped negatives are valid unless a duplicate is drawn
+        assert sum(ok) / len(ok) > 0.4, ok
 
 
 @pytest.mark.parametrize("recipe", ["gcl", "clip"])

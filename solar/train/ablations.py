@@ -3,8 +3,8 @@
 * ``stage1-no-mask``: stage 1 with the intersection mask switched off: the masked ITC compares
   the unmasked unimodal globals (rho held at 1).  The QDA thresholds are still estimated, so a
   stage 2 can follow.
-* ``stage2-no-constructed``: stage 2 without the difference-masked negative views (their columns
-  are invalid in every row); positives and mined negatives are unchanged.
+* ``stage2-no-constructed``: stage 2 without constructed negatives (difference-masked or
+  swapped: their columns are invalid in every row); positives and mined negatives are unchanged.
 * ``stage2-no-mined``: stage 2 without the offline-mined negatives: ``stage2`` with ``mine_k = 0``
   (no mined columns, no neighbour pools).
 
@@ -31,7 +31,11 @@ class NoMaskStage1(Stage1):
 
 @register_recipe("stage2-no-constructed", default_model=None, default_lr=1e-4)
 class NoConstructedStage2(Stage2):
-    """Stage 2 with no difference tokens or segments, hence no constructed negatives (ablation)."""
+    """Stage 2 with no difference tokens or segments, hence no constructed negatives (ablation;
+    with ``neg_form`` "swap" or "both" the swapped negatives are dropped too)."""
+
+    def __init__(self, cfg, total_steps):
+        super().__init__(dataclasses.replace(cfg, neg_form="hide"), total_steps)
 
     @torch.no_grad()
     def setup(self, model, source, device, *args, **kw) -> None:

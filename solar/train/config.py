@@ -13,6 +13,7 @@ from .registry import recipe_spec
 
 GLA_FORMS = ("mean", "local", "smoothmax")
 LOCAL_FORMS = ("pair", "owner", "select", "both")
+NEG_FORMS = ("hide", "swap", "both")
 
 
 @dataclass
@@ -124,6 +125,8 @@ class TrainConfig:
     token_drop: float = 0.0                # views drop each token with this probability
     anchor_view: bool = False              # the anchor is such a view too (else unmasked)
     neg_min_share: float = 0.0             # a constructed negative must hide >= this share
+    neg_form: str = "hide"                 # constructed negatives: "hide" difference parts (paper),
+                                           # "swap" one modality for a batch partner's, or "both"
     s2_distill: float = 0.0                # weight of global distillation of the documents
 
     def __post_init__(self):
@@ -155,6 +158,8 @@ class TrainConfig:
             raise ValueError("mask_probe_every must be >= 0 and mask_probe_cases >= 2")
         if self.s2_distill < 0:
             raise ValueError(f"s2_distill must be >= 0, got {self.s2_distill}")
+        if self.neg_form not in NEG_FORMS:
+            raise ValueError(f"neg_form must be one of {NEG_FORMS}, got {self.neg_form!r}")
         if self.local_form not in LOCAL_FORMS:
             raise ValueError(f"local_form must be one of {LOCAL_FORMS}, got {self.local_form!r}")
         if self.w_empty < 0 or not -1.0 <= self.empty_cos <= 1.0 or not -1.0 <= self.empty_null <= 1.0:

@@ -356,8 +356,16 @@ class Stage2(Recipe):
                                                     c.neg_ratio, c.area_cap, self.gen).items()}
         pos = torch.stack([model.joint(v, wv, l, vw["pos_text"]),
                            model.joint(v, vw["pos_image"], l, wl)], dim=1)  # (B, 2, D)
-        neg = torch.stack([model.joint(v, wv, l, vw["neg_text"]),
-                           model.joint(v, vw["neg_image"], l, wl)], dim=1)  # (B, 2, D)
+        negs, oks = [], []
+        if c.neg_form in ("hide", "both"):
+            negs += [model.joint(v, wv, l, vw["neg_text"]), model.joint(v, vw["neg_image"], l, wl)]
+            oks.append(vw["neg_ok"] & hidden_share_ok(vw, wv0, wl0, c.neg_min_share))
+        if c.neg_form in ("swap", "both"):
+            p, swap_ok = swap_partners(feats, self.gen)
+            negs += [model.joint(v, wv, l[p], wl[p]), model.joint(v[p], wv[p], l, wl)]
+            oks.append(swap_ok)
+        neg = torch.stack(negs, dim=1)                                      # (B, 2 or 4, D)
+        neg_ok = torch.cat(oks, dim=1)
         mined = mined_ok = None
         doc_ids = idx                                     # what names a document across ranks
         if c.mine_k > 0 and self.queue is not None:                         # a stream
@@ -377,7 +385,6 @@ class Stage2(Recipe):
         A = G(anchors)
         cg = ops.build_columns(A, G(pos), G(neg), None if mined is None else G(mined))
         valid = cg.valid.clone()
-        neg_ok = vw["neg_ok"] & hidden_share_ok(vw, wv0, wl0, c.neg_min_share)
         valid[:, cg.slices["constructed_negatives"]] &= dist.all_gather_nograd(
             neg_ok).flatten()[None, :]
         if mined is not None:
@@ -448,6 +455,27 @@ def hidden_share_ok(vw: dict, wv: torch.Tensor, wl: torch.Tensor, min_share: flo
     st = 1 - vw["neg_text"].sum(1) / wl.sum(1).clamp_min(1)
     si = 1 - vw["neg_image"].sum(1) / wv.sum(1).clamp_min(1)
     return torch.stack([st >= min_share, si >= min_share], dim=1)
+
+
+def swap_partners(feats, g: torch.Generator, same: float = 0.999):
+    """The partners of the "swap" constructed negatives: (B,) index p (row i's partner is row
+    (i + r) mod B for one random r in 1 .. B-1, so nobody is their own partner) and (B, 2) bool
+    validity of the two negatives, (i's image, p's text) and (p's image, i's text).  A negative is
+    invalid when the swapped-in part is the anchor's own in all but name (pooled tower vectors at
+    cosine >= ``same``: a duplicate caption or picture) or when the batch has one document."""
+    B, dev = feats.has_image.shape[0], feats.has_image.device
+    if B < 2:
+        return torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, 2, dtype=torch.bool,
+                                                                          device=dev)
+    r = int(torch.randint(1, B, (1,), generator=g))
+    p = (torch.arange(B, device=dev) + r) % B
+    ti = F.normalize(feats.text.pooled.float(), dim=-1)
+    ii = F.normalize(feats.image.pooled.float(), dim=-1)
+    text_differs = (ti * ti[p]).sum(-1) < same
+    image_differs = (ii * ii[p]).sum(-1) < same
+    ok_text = text_differs & (feats.has_text | feats.has_text[p])
+    ok_image = image_differs & (feats.has_image | feats.has_image[p])
+    return p, torch.stack([ok_text, ok_image], dim=1)
 
 
 def teacher_documents(feats) -> torch.Tensor:

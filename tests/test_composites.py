@@ -3,14 +3,13 @@ loss by hand, options, and a short run."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
 import torch
 
-from solar.eval.masks import cell_labels
+from solar.data import Document
+from solar.data.composite import cell_labels
 from solar.eval.render import pixel_hash
 from solar.train import TrainConfig
 from solar.train.composites import STOP_WORDS, Composer, compose_loss
@@ -19,13 +18,6 @@ COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 160, 30),
            "yellow": (230, 200, 20), "purple": (130, 30, 160), "orange": (240, 130, 20),
            "black": (10, 10, 10), "cyan": (20, 200, 200)}
 SHAPES = ("disc", "square", "bar")
-
-
-@dataclass(frozen=True)
-class _Doc:
-    id: str
-    image: Optional[Callable]
-    text: Optional[str]
 
 
 def _picture(colour, shape):
@@ -41,8 +33,9 @@ def _docs():
     out = []
     for c in COLOURS:
         for s in SHAPES:
-            out.append(_Doc(f"{c}-{s}", lambda c=c, s=s: _picture(c, s), f"a {c} {s}. {c} thing"))
-    out.append(_Doc("text-only", None, "no picture here"))
+            out.append(Document(text=f"a {c} {s}. {c} thing", image=lambda c=c, s=s: _picture(c, s),
+                                id=f"{c}-{s}"))
+    out.append(Document(text="no picture here", id="text-only"))
     return out
 
 

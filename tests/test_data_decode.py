@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from solar.data import (DecodeConfig, DecodedRecord, Quarantined, content_id, decode_record,
+from solar.data import (DecodeConfig, Document, Quarantined, content_id, decode_record,
                         make_record, open_image, to_rgb)
 from solar.data.records import broken
 from test_milvus_common import picture, png_bytes
@@ -22,7 +22,7 @@ def _decode(image, text, **cfg):
 
 def test_good_record_decodes_to_rgb_and_stripped_text():
     out = _decode(png_bytes(picture(1)), "  apple boat \n")
-    assert isinstance(out, DecodedRecord)
+    assert isinstance(out, Document)
     assert out.image.mode == "RGB" and out.image.size == (48, 40)
     assert out.text == "apple boat"
 
@@ -58,7 +58,7 @@ def test_problem_from_the_reader_passes_through():
 
 def test_pixel_limit_is_configurable_and_pil_bomb_error_is_caught():
     data = png_bytes(Image.new("L", (400, 300)))
-    assert isinstance(_decode(data, None, max_pixels=120_000), DecodedRecord)
+    assert isinstance(_decode(data, None, max_pixels=120_000), Document)
     assert isinstance(_decode(data, None, max_pixels=119_999), Quarantined)
     with pytest.raises(ValueError, match="max_pixels"):
         DecodeConfig(max_pixels=0)

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from solar.data import (DecodeConfig, DecodedRecord, FolderSource, ManifestSource, ParquetSource,
+from solar.data import (DecodeConfig, Document, FolderSource, ManifestSource, ParquetSource,
                         Quarantined, WebDatasetSource, content_id, decode_record, load_image_uri,
                         open_source)
 from test_milvus_common import MAX_PIXELS, corpus, good_text, make_corpus, picture, png_bytes  # noqa: F401
@@ -19,7 +19,7 @@ CFG = DecodeConfig(max_pixels=MAX_PIXELS)
 
 def _decode_all(src):
     out = [decode_record(r, CFG) for r in src]
-    good = [o for o in out if isinstance(o, DecodedRecord)]
+    good = [o for o in out if isinstance(o, Document)]
     bad = [o for o in out if isinstance(o, Quarantined)]
     return good, bad
 
@@ -161,7 +161,7 @@ def test_offline_sources_and_limits():
     except (FileNotFoundError, ImportError) as err:
         pytest.skip(str(err))
     out = decode_record(emo[0])
-    assert isinstance(out, DecodedRecord) and out.image.size == (136, 128)
+    assert isinstance(out, Document) and out.image.size == (136, 128)
     assert load_image_uri(emo[0].image_uri).size == (136, 128)
 
 

@@ -56,6 +56,15 @@ def test_train_sources_do_not_import_experiments():
     assert _hits(_layer_imports("train"), ("solar.experiments",)) == {}
 
 
+def test_train_reaches_eval_only_for_the_mask_probe():
+    """Training logs mask-benchmark metrics (``mask_probe_every``), the one use of solar.eval
+    in solar.train; what composites and the benchmark share lives in solar.data."""
+    hits = _hits(_layer_imports("train"), ("solar.eval",))
+    assert set(hits) <= {"solar/train/recipes"}, hits
+    assert all(n.startswith(("solar.eval.mask_metrics", "solar.eval.masks")) for n in
+               hits.get("solar/train/recipes", [])), hits
+
+
 def test_experiments_sit_above_train_and_eval():
     names = set().union(*_layer_imports("experiments").values())
     assert any(n.startswith("solar.train") for n in names)

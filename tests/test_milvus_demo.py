@@ -161,9 +161,9 @@ class _OnePair:
     def __iter__(self):
         from solar.data.records import make_record
         p = self.pair
-        with open(p.image_path, "rb") as f:
+        with open(p.image_uri, "rb") as f:
             data = f.read()
-        yield make_record(p.image_path, data, p.text, image_uri=p.image_path, source=self.name,
+        yield make_record(p.image_uri, data, p.text, image_uri=p.image_uri, source=self.name,
                           meta={**p.meta, "pair_id": p.id})
 
 

@@ -171,7 +171,7 @@ def test_a_worker_crash_quarantines_only_that_record():
                         workers=1, chunk=2) as pipe:
         items = list(pipe)
     kinds = [type(x).__name__ for x in items]
-    assert kinds.count("DecodedRecord") == 5
+    assert kinds.count("Document") == 5
     bad = [x for x in items if type(x).__name__ == "Quarantined"]
     assert len(bad) == 1 and bad[0].locator == "crash.png" and "crashed" in bad[0].reason
 

@@ -146,3 +146,53 @@ def test_stream_start_is_the_recipes_own(manifest, tmp_path):
                            stream=True))
     finally:
         unregister_recipe("pooled-alignment-in-memory")
+
+
+def test_installed_packages_add_recipes_through_entry_points(tmp_path):
+    """A distribution's ``solar.recipes`` entry points: a class registers under the entry
+    point's name with its class attributes as defaults, a module registers what it defines, a
+    broken one is skipped with a warning naming it; the command line lists them."""
+    import subprocess
+    import sys
+    import textwrap
+    (tmp_path / "plug_recipes.py").write_text(textwrap.dedent('''
+        from solar.train import Recipe, register_recipe
+
+        class PlugClip(Recipe):
+            """A plugged-in recipe."""
+            default_model = "score-fusion-tiny-random"
+            default_lr = 2e-3
+            def loss(self, model, feats, idx, step, source):
+                e_i, e_t = model.modal_embeddings(feats)
+                return (e_i - e_t).pow(2).mean(), {}
+
+        @register_recipe("plug-module", default_model="score-fusion-tiny-random")
+        class PlugModule(PlugClip):
+            """Registered by importing its module."""
+    '''))
+    info = tmp_path / "solar_plug-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: solar-plug\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[solar.recipes]\nplug-clip = plug_recipes:PlugClip\nplug-all = plug_recipes\n"
+        "plug-broken = plug_missing_module:Nothing\n")
+    code = ("import json, warnings\n"
+            "warnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    from solar.train import TrainConfig, recipe_names, recipe_spec\n"
+            "    names = recipe_names()\n"
+            "s = recipe_spec('plug-clip')\n"
+            "c = TrainConfig(recipe='plug-clip')\n"
+            "print(json.dumps({'names': names, 'model': c.model, 'lr': c.lr, 'cls': s.cls.__name__,"
+            " 'warnings': [str(x.message) for x in w]}))\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert {"plug-clip", "plug-module", "stage1", "stage2"} <= set(out["names"])
+    assert (out["model"], out["lr"], out["cls"]) == ("score-fusion-tiny-random", 2e-3, "PlugClip")
+    assert any("plug-broken" in m and "plug_missing_module" in m for m in out["warnings"])
+    helped = subprocess.run([sys.executable, "-m", "solar.cli", "train", "--help"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert helped.returncode == 0 and "plug-clip" in helped.stdout, helped.stderr[-2000:]

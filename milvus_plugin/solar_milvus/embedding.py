@@ -14,25 +14,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-
-@dataclass
-class Document:
-    """A document or query: text, an RGB PIL image, or both."""
-    text: Optional[str] = None
-    image: Any = None
-
-    @property
-    def kind(self) -> str:
-        """"image+text", "image" or "text" (what the document holds)."""
-        if self.image is not None:
-            return "image+text" if self.text else "image"
-        return "text"
+from solar.data.document import Document
 
 
 def as_document(x: Any, index: int = 0, decode_cfg=None) -> Document:
@@ -43,7 +30,7 @@ def as_document(x: Any, index: int = 0, decode_cfg=None) -> Document:
     """
     from PIL import Image
     if isinstance(x, Document):
-        doc = Document(x.text, x.image)
+        doc = dataclasses.replace(x, meta=dict(x.meta))
     elif isinstance(x, str):
         doc = Document(text=x)
     elif isinstance(x, Image.Image):
@@ -61,6 +48,11 @@ def as_document(x: Any, index: int = 0, decode_cfg=None) -> Document:
                         f"tuple or a Document, got {type(x).__name__}")
     if isinstance(doc.image, (str, Path)):
         doc.image = _load_image_path(str(doc.image), index, decode_cfg)
+    elif callable(doc.image):                        # a lazy image (offline sets, training data)
+        try:
+            doc.image = doc.load_image()
+        except (OSError, ValueError) as err:
+            raise ValueError(f"documents[{index}].image ({doc.name}): {err}") from None
     if doc.image is not None and not isinstance(doc.image, Image.Image):
         raise TypeError(f"documents[{index}].image must be a PIL image or a path, "
                         f"got {type(doc.image).__name__}")

@@ -29,7 +29,7 @@ HELDOUT_SOURCE = "heldout"
 
 @dataclass
 class HeldOutItem:
-    """One held-out item: ``pair`` (solar.data.offline.Pair), its stored view 1 (``stored``,
+    """One held-out item: ``pair`` (an offline set's Document), its stored view 1 (``stored``,
     with ``stored_png``, the exact bytes ingested) and its view 2 (``query``)."""
     pair: object
     stored: Document

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from solar.data import DecodeConfig, DecodedRecord, Quarantined, open_source
+from solar.data import DecodeConfig, Document, Quarantined, open_source
 
 from .ledger import Ledger, QuarantineFile, default_state_dir
 from .pipeline import DecodePipeline, Skipped
@@ -163,7 +163,7 @@ class _Writer(threading.Thread):
             raise self.error
 
 
-def record_row(rec: DecodedRecord, vec, fingerprint: str) -> dict:
+def record_row(rec: Document, vec, fingerprint: str) -> dict:
     """The collection row of one encoded record (shared by ingest, bulk and the Ray engine)."""
     return {"id": rec.id, "vector": vec.tolist(), "text": clip_utf8(rec.text or "", TEXT_MAX),
             "image_uri": clip_utf8(rec.image_uri or "", URI_MAX),

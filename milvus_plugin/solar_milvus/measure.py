@@ -39,7 +39,7 @@ def measure(model: str, source: str, batch_size: int, workers: int, queries: int
             root: Path, rounds: int = 2) -> dict:
     """Alternate encode-only and end-to-end runs ``rounds`` times (other load on the machine
     then hits both alike) and time searches on the last ingested collection."""
-    from solar.data import DecodedRecord, decode_record, open_source
+    from solar.data import Document, decode_record, open_source
 
     from .ingest import IngestConfig, ingest
     from .models import load_embedder
@@ -47,7 +47,7 @@ def measure(model: str, source: str, batch_size: int, workers: int, queries: int
     from .store import connect
     emb = load_embedder(model, batch_size=batch_size)
     records = [d for d in (decode_record(r) for r in open_source(source))
-               if isinstance(d, DecodedRecord)]
+               if isinstance(d, Document)]
     encode_only(emb, records[:batch_size], batch_size)               # warm-up
     uri = str(root / "measure.db")
     client = connect(uri, "")

@@ -4,7 +4,7 @@ A producer thread reads raw records from the sources, drops those already done (
 or already stored), and decodes the rest in worker processes (in order, a bounded number of chunks
 in flight).  A record whose content was seen earlier in this run is not decoded again: it is
 skipped when the first one was good and quarantined with the first one's reason when it was bad.
-The encoder loop pulls DecodedRecord / Quarantined items from a bounded queue.  A worker that
+The encoder loop pulls Document / Quarantined items from a bounded queue.  A worker that
 dies (a decoder crash) costs only the record that killed it.  Workers ignore Ctrl-C (the parent
 handles it) and exit by themselves when the parent process dies, even by SIGKILL.
 """
@@ -82,7 +82,7 @@ class _Failure:
 
 
 class DecodePipeline:
-    """Iterate over ``Skipped | Quarantined | DecodedRecord``: decoded and quarantined items in
+    """Iterate over ``Skipped | Quarantined | Document``: decoded and quarantined items in
     source order, skipped ones as soon as they are found.
 
     sources: iterables of RawRecord; done: ids to skip (the ledger); present: a function from a

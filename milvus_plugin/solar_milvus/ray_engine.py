@@ -321,14 +321,15 @@ class _EmbedActor:
 
     def __call__(self, batch):
         from PIL import Image
-        from solar.data import DecodedRecord
+        from solar.data import Document
         rows, good, failed = batch.to_pylist(), [], _Collector()
         for r in rows:
             if r["q_kind"] is None:
                 img = (Image.frombytes("RGB", (r["width"], r["height"]), r["pixels"])
                        if r["pixels"] is not None else None)
-                good.append(DecodedRecord(r["id"], r["locator"], img, r["text"], r["image_uri"],
-                                          r["source"], json.loads(r["meta"])))
+                good.append(Document(text=r["text"], image=img, id=r["id"], locator=r["locator"],
+                                     image_uri=r["image_uri"], source=r["source"],
+                                     meta=json.loads(r["meta"])))
         t = time.perf_counter()
         recs, vecs = encode_records(self.embedder, good, failed) if good else ([], [])
         self.state.add_counts.remote(encode_seconds=time.perf_counter() - t)

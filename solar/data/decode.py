@@ -1,4 +1,4 @@
-"""Decoding: a RawRecord becomes a DecodedRecord (RGB image and/or str text) or a Quarantined one.
+"""Decoding: a RawRecord becomes a Document (RGB image and/or str text) or a Quarantined one.
 
 Runs in worker processes during ingestion, so it is a plain module-level function of picklable
 arguments.  It never raises for bad content: every failure becomes a reason that names the item.
@@ -10,8 +10,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional, Union
 
+from .document import Document
 from .records import (BAD_TEXT, CORRUPT_IMAGE, EMPTY_DOCUMENT, TOO_MANY_PIXELS, ZERO_BYTES,
-                      DecodedRecord, Quarantined, RawRecord)
+                      Quarantined, RawRecord)
 
 DEFAULT_MAX_PIXELS = 89_478_485   # PIL's own default Image.MAX_IMAGE_PIXELS (about 0.25 GB RGBA)
 
@@ -122,8 +123,8 @@ def decode_text(data: Optional[bytes], name: str) -> Optional[str]:
 
 
 def decode_record(raw: RawRecord, cfg: DecodeConfig = DecodeConfig()
-                  ) -> Union[DecodedRecord, Quarantined]:
-    """A raw record -> a DecodedRecord, or a Quarantined one with the reason.  Never raises for
+                  ) -> Union[Document, Quarantined]:
+    """A raw record -> a Document, or a Quarantined one with the reason.  Never raises for
     bad content (a good record is never lost because of a bad one)."""
     def bad(kind, reason):
         return Quarantined(raw.id, raw.locator, kind, reason, raw.source)
@@ -145,8 +146,8 @@ def decode_record(raw: RawRecord, cfg: DecodeConfig = DecodeConfig()
                                       f"{err})")
     if image is None and text is None:
         return bad(EMPTY_DOCUMENT, f"{raw.locator}: empty text and no image")
-    return DecodedRecord(raw.id, raw.locator, image, text, raw.image_uri, raw.source,
-                         dict(raw.meta))
+    return Document(text=text, image=image, id=raw.id, locator=raw.locator,
+                    image_uri=raw.image_uri, source=raw.source, meta=dict(raw.meta))
 
 
 def decode_many(raws: list, cfg: DecodeConfig = DecodeConfig()) -> list:

@@ -5,22 +5,24 @@
 * Noto color emoji (``apt-get install fonts-noto-color-emoji``, ``pip install emoji``): emoji
   rendered with Pillow, named by the ``emoji`` package.
 
-Every pair gets a stable id (a hash of the image content and the text), so splits by item are
-deterministic and identical images at two paths are one item.
+Each pair is a :class:`solar.data.Document` whose image loads when asked (``load_image``), with a
+stable id (a hash of the image content and the text), so splits by item are deterministic and
+identical images at two paths are one item; ``image_uri`` is the PNG path or ``emoji:<emoji>``.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import html
 import os
 import re
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .decode import to_rgb
+from .document import Document
 
 _MISSING_CLIPART = ("the Open Clip Art Library is not installed: apt-get install -y "
                     "--no-install-recommends openclipart-png openclipart-svg (or set SOLAR_CLIPART_DIR)")
@@ -28,27 +30,15 @@ _MISSING_EMOJI = ("emoji data is missing: apt-get install -y --no-install-recomm
                   "fonts-noto-color-emoji and pip install emoji (or set SOLAR_EMOJI_FONT)")
 
 
-@dataclass(frozen=True)
-class Pair:
-    """One real (image, text) document.
+def _clipart_image(path: str):
+    """A clip-art PNG as RGB (transparency pasted on white)."""
+    return to_rgb(_open(path))
 
-    id: stable content hash; text: the caption; image_path: a PNG path, or None for rendered
-    images (emoji); meta: title, keywords, description, category, source.
-    """
-    id: str
-    text: str
-    image_path: Optional[str]
-    meta: dict = field(default_factory=dict, hash=False, compare=False)
 
-    def load_image(self, size: Optional[int] = None):
-        """The image as RGB (transparency pasted on white), optionally resized to size x size."""
-        if self.image_path is not None:
-            img = to_rgb(_open(self.image_path))
-        else:
-            img = render_emoji(self.meta["emoji"])
-        if size is not None:
-            img = img.resize((size, size))
-        return img
+def _document(pid: str, text: str, image, uri: str, source: str, meta: dict) -> Document:
+    """An offline set's document: its image loads lazily (``Document.load_image``)."""
+    return Document(text=text, image=image, id=pid, locator=uri, image_uri=uri, source=source,
+                    meta=meta)
 
 
 def _open(path):
@@ -214,16 +204,17 @@ def _all_clipart() -> tuple:
         kws = _clean_keywords(r.get("keywords", []))
         desc = re.sub(r"\s+", " ", r.get("description", "")).strip()
         text = _caption(title, kws, desc)
-        pairs.append(Pair(_pair_id(bytes.fromhex(r["sha1"]), text), text, r["path"],
-                          {"title": title, "keywords": kws, "description": desc,
-                           "category": str(Path(r["rel"]).parent), "source": "openclipart"}))
+        pairs.append(_document(_pair_id(bytes.fromhex(r["sha1"]), text), text,
+                               functools.partial(_clipart_image, r["path"]), r["path"], "openclipart",
+                               {"title": title, "keywords": kws, "description": desc,
+                                "category": str(Path(r["rel"]).parent), "source": "openclipart"}))
     return tuple(pairs)
 
 
-def clipart_pairs(limit: Optional[int] = None) -> list[Pair]:
+def clipart_pairs(limit: Optional[int] = None) -> list[Document]:
     """Clip-art pairs in a stable order (sorted by path), deduplicated by image content."""
-    pairs = list(_all_clipart())
-    return pairs[:limit] if limit is not None else pairs
+    pairs = _all_clipart()
+    return [dataclasses.replace(p) for p in (pairs[:limit] if limit is not None else pairs)]
 
 
 @functools.lru_cache(maxsize=1)
@@ -251,7 +242,7 @@ def render_emoji(e: str):
     return to_rgb(_render(e).copy())
 
 
-def emoji_pairs(limit: Optional[int] = None) -> list[Pair]:
+def emoji_pairs(limit: Optional[int] = None) -> list[Document]:
     """Fully qualified emoji with their English names as captions (stable order)."""
     try:
         import emoji as emoji_pkg
@@ -265,16 +256,17 @@ def emoji_pairs(limit: Optional[int] = None) -> list[Pair]:
         name = data["en"].strip(":").replace("_", " ")
         aliases = [a.strip(":").replace("_", " ") for a in data.get("alias", [])]
         text = name if not aliases else f"{name}. " + ", ".join(a for a in aliases if a != name)
-        out.append(Pair(_pair_id(e.encode("utf-8"), text), text, None,
-                        {"title": name, "keywords": aliases, "description": "", "emoji": e,
-                         "category": "emoji", "source": "noto-emoji"}))
+        out.append(_document(_pair_id(e.encode("utf-8"), text), text,
+                             functools.partial(render_emoji, e), f"emoji:{e}", "noto-emoji",
+                             {"title": name, "keywords": aliases, "description": "", "emoji": e,
+                              "category": "emoji", "source": "noto-emoji"}))
         if limit is not None and len(out) >= limit:
             break
     return out
 
 
-def split_by_item(pairs: list[Pair], val: float = 0.1, test: float = 0.1,
-                  seed: int = 0) -> dict[str, list[Pair]]:
+def split_by_item(pairs: list[Document], val: float = 0.1, test: float = 0.1,
+                  seed: int = 0) -> dict[str, list[Document]]:
     """Deterministic split by item id: a pair's split depends only on (id, seed)."""
     if not 0 <= val < 1 or not 0 <= test < 1 or val + test >= 1:
         raise ValueError(f"val and test must be fractions with val + test < 1, got {val}, {test}")

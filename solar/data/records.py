@@ -3,7 +3,7 @@
 A reader yields :class:`RawRecord` objects: bytes as found at the source, a stable content id and,
 when the source itself is already known to be bad (a missing file, a path that escapes the source
 folder, a broken manifest line), a :class:`Problem`.  :func:`solar.data.decode.decode_record`
-turns a raw record into a :class:`DecodedRecord` or a :class:`Quarantined` one.
+turns a raw record into a :class:`solar.data.Document` or a :class:`Quarantined` one.
 """
 from __future__ import annotations
 
@@ -95,19 +95,6 @@ class RawRecord:
     source: str = ""
     meta: dict = field(default_factory=dict)
     problem: Optional[Problem] = None
-
-
-@dataclass
-class DecodedRecord:
-    """A document ready to encode: ``image`` is an RGB PIL image or None, ``text`` a str or None
-    (at least one is set)."""
-    id: str
-    locator: str
-    image: Any
-    text: Optional[str]
-    image_uri: str = ""
-    source: str = ""
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -42,11 +42,11 @@ class ClipartSource:
         from .offline import clipart_pairs
         for p in clipart_pairs(self.limit):
             try:
-                data = read_file(Path(p.image_path), p.image_path, self.max_bytes)
+                data = read_file(Path(p.image_uri), p.image_uri, self.max_bytes)
             except FileProblem as err:
-                yield broken(p.image_path, err.kind, str(err), self.name)
+                yield broken(p.image_uri, err.kind, str(err), self.name)
                 continue
-            yield make_record(p.image_path, data, p.text, image_uri=p.image_path, source=self.name,
+            yield make_record(p.image_uri, data, p.text, image_uri=p.image_uri, source=self.name,
                               meta={**p.meta, "pair_id": p.id})
 
 
@@ -63,8 +63,7 @@ class EmojiSource:
         for p in emoji_pairs(self.limit):
             buf = io.BytesIO()
             p.load_image().save(buf, format="PNG")
-            e = p.meta["emoji"]
-            yield make_record(f"emoji:{e}", buf.getvalue(), p.text, image_uri=f"emoji:{e}",
+            yield make_record(p.image_uri, buf.getvalue(), p.text, image_uri=p.image_uri,
                               source=self.name, meta={**p.meta, "pair_id": p.id})
 
 

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .manifest import Benchmark, Doc, Query, Triplet
-from .render import apply_ops, content_box, load_source, pixel_hash, render, source_of
+from solar.data.composite import content_box, pastel
+
+from .render import apply_ops, load_source, pixel_hash, render, source_of
 
 
 @dataclass
@@ -183,13 +185,6 @@ def pick_partner(item: _Item, candidates: list[_Item], rng: random.Random, top: 
 
 
 # --------------------------------------------------------------------------- image ops
-def _pastel(rng: random.Random) -> list:
-    while True:
-        rgb = [rng.randint(190, 250) for _ in range(3)]
-        if min(rgb) <= 225:
-            return rgb
-
-
 def _crops(rng: random.Random, cfg: BenchmarkConfig) -> tuple[list, list]:
     """Two crop boxes that overlap in the middle: A on one side of an axis, B on the other."""
     fa, fb = rng.uniform(cfg.crop_min, cfg.crop_max), rng.uniform(cfg.crop_min, cfg.crop_max)
@@ -207,7 +202,7 @@ def _crops(rng: random.Random, cfg: BenchmarkConfig) -> tuple[list, list]:
 def variant_ops(rng: random.Random, cfg: BenchmarkConfig) -> tuple[list, list]:
     """Ops of crop A (white) and crop B (tinted background and margin)."""
     box_a, box_b = _crops(rng, cfg)
-    tint = _pastel(rng)
+    tint = pastel(rng)
     white = [255, 255, 255]
     ops_a = [{"op": "crop", "box": box_a}, {"op": "resize", "long": cfg.image_long},
              {"op": "background", "rgb": white},
@@ -219,7 +214,7 @@ def variant_ops(rng: random.Random, cfg: BenchmarkConfig) -> tuple[list, list]:
 
 
 def _full_ops(rng: random.Random, cfg: BenchmarkConfig) -> list:
-    rgb = [255, 255, 255] if rng.random() < 0.5 else _pastel(rng)
+    rgb = [255, 255, 255] if rng.random() < 0.5 else pastel(rng)
     return [{"op": "resize", "long": cfg.image_long}, {"op": "background", "rgb": rgb},
             {"op": "pad", "margin": round(rng.uniform(0.03, 0.18), 3), "rgb": rgb}]
 

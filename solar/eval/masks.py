@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from .construct import _Item, _items, _pastel, _words, offline_split
-from .render import content_box, load_source, pixel_hash
+from solar.data.composite import cell_labels, content_box, pastel, token_labels
+
+from .construct import _Item, _items, _words, offline_split
+from .render import load_source, pixel_hash
 
 FORMAT = "solar-mask-benchmark"
 VERSION = 1
@@ -262,7 +264,7 @@ def build_mask_benchmark(cfg: Optional[MaskBenchConfig] = None) -> MaskBenchmark
             skipped += 1
             continue
         boxes = _placements(_drawing(a.source), _drawing(b.source), rng, cfg)
-        bg = [255, 255, 255] if rng.random() < 0.5 else _pastel(rng)
+        bg = [255, 255, 255] if rng.random() < 0.5 else pastel(rng)
         case = Case(f"{a.id}:mask", a.id, b.id, c.id, {"a": a.source, "b": b.source}, boxes, bg,
                      cfg.size, text, spans)
         case.pixels = pixel_hash(render_case(case))
@@ -281,49 +283,3 @@ def _bench_cfg(cfg: MaskBenchConfig):
 
 
 # --------------------------------------------------------------------------- ground truth
-def cell_labels(masks: dict, grid: tuple, min_cover: float = 0.2):
-    """Per-patch truth on a ``grid`` = (rows, cols) over the canvas: 1 (A), 0 (B), -1 (background).
-
-    A cell belongs to a drawing when at least ``min_cover`` of its pixels are that drawing's
-    footprint (visible pixels dilated by 1/32 of the canvas, so thin line art counts); when both
-    qualify, the larger cover wins.  Returns an int8 numpy array of rows * cols, row-major (the
-    order of the image tower's patch tokens)."""
-    import numpy as np
-    from PIL import Image, ImageFilter
-    rows, cols = grid
-    S = next(iter(masks.values())).shape[0]
-    grow = ImageFilter.MaxFilter(2 * max(1, S // 64) + 1)
-    cover = {}
-    for key, m in masks.items():
-        fp = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).filter(grow)) > 0
-        ys = np.linspace(0, S, rows + 1).round().astype(int)
-        xs = np.linspace(0, S, cols + 1).round().astype(int)
-        cover[key] = np.array([[fp[ys[i]:ys[i + 1], xs[j]:xs[j + 1]].mean() for j in range(cols)]
-                               for i in range(rows)]).reshape(-1)
-    out = np.full(rows * cols, -1, dtype=np.int8)
-    a_ok, b_ok = cover["a"] >= min_cover, cover["b"] >= min_cover
-    out[a_ok & (~b_ok | (cover["a"] >= cover["b"]))] = 1
-    out[b_ok & (~a_ok | (cover["b"] > cover["a"]))] = 0
-    return out
-
-
-def token_labels(text: str, spans: list, tokens: list) -> list:
-    """Truth per token: 1 (A's words), 0 (C's words), -1 (punctuation, or a token that cannot be
-    placed in the text).  ``tokens`` are the tokenizer's strings in order (WordPiece "##" pieces,
-    byte-level "Ġ" and SentencePiece "▁" prefixes are understood); each is located in the
-    lower-cased text after the previous one and takes the label of the word span it falls in."""
-    low, pos, out = text.lower(), 0, []
-    for tok in tokens:
-        t = tok.lower().replace("##", "").replace("ġ", "").replace("▁", "").strip()
-        at = low.find(t, pos) if t else -1
-        if at < 0:
-            out.append(-1)
-            continue
-        pos = at + len(t)
-        label = -1
-        for s, e, lab in spans:
-            if s <= at < e:
-                label = 1 if lab == "a" else 0
-                break
-        out.append(label)
-    return out

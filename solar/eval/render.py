@@ -24,17 +24,19 @@ import hashlib
 import warnings
 from pathlib import Path
 
+from solar.data.composite import content_box
+
 _OPS = ("crop", "resize", "background", "pad")
 # Sources larger than this are first reduced to it (long side, bicubic) so ops stay cheap.
 MAX_SOURCE_SIDE = 1024
 
 
-def source_of(pair) -> dict:
-    """The image source spec of an offline ``Pair`` (see ``solar.data.offline``)."""
+def source_of(doc) -> dict:
+    """The image source spec of an offline set's document (see ``solar.data.offline``)."""
     from solar.data.offline import clipart_root
-    if pair.image_path is None:
-        return {"kind": "emoji", "emoji": pair.meta["emoji"]}
-    rel = Path(pair.image_path).relative_to(clipart_root() / "png")
+    if "emoji" in doc.meta:
+        return {"kind": "emoji", "emoji": doc.meta["emoji"]}
+    rel = Path(doc.image_uri).relative_to(clipart_root() / "png")
     return {"kind": "openclipart", "path": rel.as_posix()}
 
 
@@ -69,17 +71,6 @@ def load_source(source: dict):
     if not isinstance(key, str):
         raise ValueError(f"image source {source!r} lacks its 'emoji' or 'path'")
     return _load_rgba(source["kind"], key).copy()
-
-
-def content_box(img) -> tuple[int, int, int, int]:
-    """(left, top, right, bottom) of the visible content; the whole image when it is blank."""
-    from PIL import ImageChops
-    if img.mode == "RGBA":
-        box = img.getchannel("A").point(lambda a: 255 if a > 16 else 0).getbbox()
-    else:
-        diff = ImageChops.difference(img.convert("RGB"), _solid(img.size, (255, 255, 255)))
-        box = diff.convert("L").point(lambda v: 255 if v > 24 else 0).getbbox()
-    return box or (0, 0, img.width, img.height)
 
 
 def _solid(size, rgb):

@@ -32,8 +32,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from solar.eval.construct import _pastel
-from solar.eval.render import content_box
+from solar.data.composite import cell_labels, content_box, pastel, token_labels
+from solar.data.document import Document
 
 VERSION = 1
 # Function words carry no content: they are neither labelled nor used to tell parts apart.
@@ -166,7 +166,7 @@ class Composer:
         if b is None:
             return None
         layout = _layout(rng, self.scale)
-        background = (255, 255, 255) if rng.random() < 0.5 else tuple(_pastel(rng))
+        background = (255, 255, 255) if rng.random() < 0.5 else tuple(pastel(rng))
         if self.min_words < self.max_words:          # each part's length drawn in the range
             na, nc = (rng.randint(self.min_words, self.max_words) for _ in range(2))
         else:
@@ -199,7 +199,7 @@ class Composer:
 
     def picture(self, i: int):
         if i not in self._pictures:
-            img = self.docs[i].image()
+            img = self.docs[i].load_image()
             if img is None:                               # undecodable: an empty drawing
                 from PIL import Image
                 self._pictures[i] = Image.new("RGBA", (1, 1), (0, 0, 0, 0))
@@ -228,18 +228,10 @@ class Composer:
         return canvas, masks
 
 
-@dataclass(frozen=True)
-class _CompositeDoc:
-    id: str
-    image: object
-    text: str
-
-
 def composite_docs(composer: Composer, specs: list, cells: dict, grid: tuple) -> list:
     """Documents of the composites for the feature cache (ids name the construction).  Rendering
     one also stores its cell truth in ``cells`` (keyed by position), so a first build renders
     every canvas once."""
-    from solar.eval.masks import cell_labels
 
     def image(k, s):
         canvas, masks = composer.render(s)
@@ -251,8 +243,8 @@ def composite_docs(composer: Composer, specs: list, cells: dict, grid: tuple) ->
     for k, s in enumerate(specs):
         key = (f"compose-v{VERSION}:{composer.seed}:{ids[s.a]}:{ids[s.b]}:{ids[s.c]}:"
                f"{s.layout}:{s.background}:{s.text}")
-        out.append(_CompositeDoc(hashlib.sha1(key.encode()).hexdigest(),
-                                 lambda k=k, s=s: image(k, s), s.text))
+        out.append(Document(text=s.text, image=lambda k=k, s=s: image(k, s),
+                            id=hashlib.sha1(key.encode()).hexdigest(), source="composite"))
     return out
 
 
@@ -270,7 +262,6 @@ def composite_truth(model, composer: Composer, specs: list, text_mask: torch.Ten
     (N, P) int8 over the image tower's grid; 1 intersection, 0 difference, -1 not scored (function
     and generic words, punctuation, padding).  Empty cells and B's cells are difference.  ``cells``:
     cell truth already rendered (see ``composite_docs``); the others are rendered here."""
-    from solar.eval.masks import cell_labels, token_labels
     grid = square_grid(model)
     cells = {} if cells is None else cells
     N, T = text_mask.shape

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .features import Doc, docs_from_pairs
+from solar.data.document import Document
+
+from .features import docs_from_pairs
 
 _OFFLINE_PART = re.compile(r"^(clipart|emoji)(:[1-9][0-9]*)?$")
 
@@ -114,7 +116,7 @@ def _check(raws: list) -> list:
 
 def read_docs(specs: list, split: Optional[str], val_frac: float, seed: int,
               quarantine: QuarantineLog, limit: Optional[int] = None, workers: int = 0,
-              chunk: int = 64, max_docs: Optional[int] = None) -> list[Doc]:
+              chunk: int = 64, max_docs: Optional[int] = None) -> list[Document]:
     """Read and check the records of ``specs`` (the first ``limit`` of them): good ones become
     Docs (image bytes held, decoded on use), bad ones go to ``quarantine``; a record whose content
     id was seen before is dropped (a duplicate would be its own false negative).
@@ -140,7 +142,8 @@ def read_docs(specs: list, split: Optional[str], val_frac: float, seed: int,
                 continue
             image = (functools.partial(_image_from_bytes, raw.image, raw.locator)
                      if raw.image is not None else None)
-            docs.append(Doc(raw.id, image, res[0]))
+            docs.append(Document(text=res[0], image=image, id=raw.id, locator=raw.locator,
+                                 image_uri=raw.image_uri, source=raw.source))
         if max_docs is not None and len(docs) >= max_docs:
             return docs[:max_docs]
     return docs

@@ -4,52 +4,44 @@ A *document source* gives ``DocFeatures`` for a batch of document indices:
   * ``FeatureStore``: all tower outputs in memory (token features in fp16), built once and cached
     as one safetensors file keyed by the tower configs and the document ids;
   * ``LiveSource``: runs the towers every step (needed when a tower trains, e.g. with LoRA).
-Documents are ``Doc(id, image, text)`` where ``image`` is a callable returning a PIL image (or
-None) so images are decoded only when needed.
+Documents are :class:`solar.data.Document` objects whose ``image`` is a callable returning a PIL
+image (or None), so images are decoded only when needed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
+from solar.data.document import Document
 from solar.model.base import DocFeatures, DocumentEncoder
 from solar.model.towers import TowerOutput
 
 CACHE_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Doc:
-    """id: stable id; image: zero-argument callable -> PIL image, or None; text: str or None."""
-    id: str
-    image: Optional[Callable]
-    text: Optional[str]
+def docs_from_pairs(pairs) -> list[Document]:
+    """The offline sets' documents (solar.data.offline) for training: the same documents whose
+    image, when it cannot be decoded (corrupt, or over Pillow's decompression-bomb limit), leaves
+    the document text-only, with a warning naming it."""
+    return [dataclasses.replace(p, image=functools.partial(_safe_image, p))
+            if p.image is not None else p for p in pairs]
 
 
-def docs_from_pairs(pairs) -> list[Doc]:
-    """solar.data.offline Pairs -> Docs (image and caption).
-
-    An image that cannot be decoded (corrupt, or over Pillow's decompression-bomb limit) leaves
-    its document text-only, with a warning naming the pair.
-    """
-    return [Doc(p.id, functools.partial(_safe_image, p), p.text) for p in pairs]
-
-
-def _safe_image(pair):
+def _safe_image(doc: Document):
     from PIL import Image
     try:
-        return pair.load_image()
+        return doc.load_image()
     except (Image.DecompressionBombError, OSError, ValueError) as err:
-        warnings.warn(f"pair {pair.id} ({pair.image_path}): image not usable, "
+        warnings.warn(f"document {doc.id} ({doc.name}): image not usable, "
                       f"kept as a text-only document: {err}")
         return None
 
@@ -101,7 +93,7 @@ def _pad_text(out: TowerOutput, T: int) -> TowerOutput:
 
 
 def _load(docs: list, batch: list) -> tuple[list, list]:
-    return ([docs[i].image() if docs[i].image is not None else None for i in batch],
+    return ([docs[i].load_image() for i in batch],
             [docs[i].text for i in batch])
 
 

@@ -14,6 +14,18 @@ costs nothing.  A recipe of your own is trained by name after one call::
             return loss, {"my_metric": value}
 
     train(TrainConfig(recipe="my-clip", out_dir="runs/mine"))
+
+An installed package can offer recipes without any call, through the ``solar.recipes`` entry-point
+group, read on the first look-up (so ``solar-index train --recipe`` sees them too)::
+
+    # the package's pyproject.toml
+    [project.entry-points."solar.recipes"]
+    my-clip = "my_package.recipes:MyClip"       # a Recipe subclass, registered as "my-clip"
+    more = "my_package.more_recipes"            # a module whose import registers its recipes
+
+A class registered this way takes ``default_model`` and ``default_lr`` from its class attributes
+of those names when it has them.  An entry point that fails to load is skipped with a warning
+naming it; the package's own recipes are never affected.
 """
 from __future__ import annotations
 
@@ -23,6 +35,7 @@ from typing import Optional
 
 # modules whose import registers the package's recipes
 _BUILTIN_MODULES = ("solar.train.recipes", "solar.train.ablations")
+ENTRY_POINT_GROUP = "solar.recipes"
 
 
 @dataclass(frozen=True)
@@ -118,3 +131,24 @@ def _load_builtins() -> None:
     except BaseException:
         _builtins_loaded = False
         raise
+    _load_entry_points()
+
+
+def _load_entry_points() -> None:
+    """Recipes of installed packages (the ``solar.recipes`` entry-point group)."""
+    import inspect
+    import warnings
+    from importlib.metadata import entry_points
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if inspect.isclass(obj):
+                if ep.name not in _REGISTRY or _REGISTRY[ep.name].cls is not obj:
+                    register_recipe(ep.name, obj, default_model=getattr(obj, "default_model", None),
+                                    default_lr=getattr(obj, "default_lr", 1e-3))
+            elif not inspect.ismodule(obj):
+                raise TypeError(f"expected a Recipe subclass or a module, got {obj!r}")
+        except Exception as err:  # noqa: BLE001 - one broken package must not stop training
+            warnings.warn(f"recipe entry point {ep.name!r} ({ep.value}, group "
+                          f"{ENTRY_POINT_GROUP!r}) was skipped: {type(err).__name__}: {err}",
+                          stacklevel=3)

@@ -20,7 +20,7 @@ def validate(model, docs: list, device, batch_size: int = 64) -> dict:
     zi, zt = [], []
     try:
         for s in range(0, len(docs), batch_size):
-            part = [(d.image() if d.image is not None else None, d.text)
+            part = [(d.load_image(), d.text)
                     for d in docs[s:s + batch_size]]
             part = [(i, t) for i, t in part if i is not None and t is not None]
             if not part:

@@ -168,3 +168,32 @@ def test_composites_refuse_a_stream(tmp_path):
         train(TrainConfig(recipe="stage1", model="solar-tiny-random", data=str(data), steps=2,
                           batch_size=8, progress=False, w_compose=1.0, stream=True,
                           out_dir=str(tmp_path / "r"), val_frac=0.0))
+
+
+def test_own_alpha_keeps_the_drawings_transparency(tmp_path):
+    """``compose_own_alpha``: a clip-art drawing keeps its PNG's alpha (a white interior stays
+    white and counts as the drawing); without it near-white pixels are cut out; documents that
+    are not from an offline set are cut out either way; the composites' ids differ."""
+    from PIL import Image, ImageDraw
+    from solar.train.composites import composite_docs
+    png = tmp_path / "ring.png"
+    img = Image.new("RGBA", (80, 80), (0, 0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.ellipse((4, 4, 76, 76), fill=(255, 255, 255, 255), outline=(0, 0, 0, 255), width=4)
+    img.save(png)
+    from solar.data import to_rgb                      # the offline loader: alpha pasted on white
+    ring = Document(text="a ring", image=lambda: to_rgb(Image.open(png)), id="ring",
+                    image_uri=str(png), source="openclipart")
+    plain = Document(text="a ring", image=lambda: to_rgb(Image.open(png)), id="plain")
+    own = Composer(_docs(), 4, seed=0, own_alpha=True)
+    cut = Composer(_docs(), 4, seed=0)
+    own.docs = cut.docs = own.docs + [ring, plain]
+    k_ring, k_plain = len(own.docs) - 2, len(own.docs) - 1
+    inside = lambda p: np.asarray(p.getchannel("A"))[p.height // 2, p.width // 2]  # noqa: E731
+    assert inside(own.picture(k_ring)) == 255          # the white interior is part of the drawing
+    assert inside(cut.picture(k_ring)) == 0            # cut out as near-white
+    assert inside(own.picture(k_plain)) == 0           # not an offline drawing: cut out
+    specs = own.specs()
+    ids = lambda c: [x.id for x in composite_docs(c, specs, {}, (7, 7))]  # noqa: E731
+    assert set(ids(own)).isdisjoint(ids(cut))
+    assert TrainConfig().compose_own_alpha is False

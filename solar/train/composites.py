@@ -95,6 +95,22 @@ def _rgba(img):
     return rgba.crop(content_box(rgba))
 
 
+def _own_rgba(doc):
+    """An offline set's drawing with its own transparency (RGBA), or None for any other document
+    or when the file cannot be read (the caller then cuts out near-white pixels)."""
+    from PIL import Image
+    try:
+        if "emoji" in doc.meta:
+            from solar.data.offline import _render
+            return _render(doc.meta["emoji"]).convert("RGBA")
+        if doc.source == "openclipart" and doc.image_uri.lower().endswith(".png"):
+            with Image.open(doc.image_uri) as img:
+                return img.convert("RGBA")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return None
+
+
 def _layout(rng: random.Random, scale: tuple) -> tuple:
     """Random numbers that place A and B: (A on the left?, then per drawing: long-side scale,
     horizontal and vertical position within the free room, each in [0, 1])."""
@@ -119,11 +135,15 @@ def _boxes(layout: tuple, sizes: dict, size: int) -> dict:
 
 
 class Composer:
-    """Builds ``n`` composites from documents (objects with ``image`` (a callable returning a PIL
-    image, or None) and ``text``), deterministically from ``seed``."""
+    """Builds ``n`` composites from documents (``solar.data.Document``), deterministically from
+    ``seed``.  ``own_alpha``: an offline set's drawing keeps its own transparency (the clip-art
+    PNG's alpha, the rendered emoji's; an opaque PNG stays an opaque rectangle) instead of having
+    its near-white pixels cut out; other documents are cut out either way."""
 
     def __init__(self, docs: list, n: int, seed: int = 0, size: int = 224, max_words: int = 8,
-                 min_words: int = 8, scale: tuple = (0.7, 1.0), max_share: float = 0.02, tries: int = 50):
+                 min_words: int = 8, scale: tuple = (0.7, 1.0), max_share: float = 0.02, tries: int = 50,
+                 own_alpha: bool = False):
+        self.own_alpha = own_alpha
         if n < 1:
             raise ValueError(f"the number of composites must be positive, got {n}")
         self.docs, self.n, self.seed, self.size = docs, n, seed, size
@@ -199,7 +219,8 @@ class Composer:
 
     def picture(self, i: int):
         if i not in self._pictures:
-            img = self.docs[i].load_image()
+            src = _own_rgba(self.docs[i]) if self.own_alpha else None
+            img = src if src is not None else self.docs[i].load_image()
             if img is None:                               # undecodable: an empty drawing
                 from PIL import Image
                 self._pictures[i] = Image.new("RGBA", (1, 1), (0, 0, 0, 0))
@@ -242,7 +263,7 @@ def composite_docs(composer: Composer, specs: list, cells: dict, grid: tuple) ->
     out = []
     for k, s in enumerate(specs):
         key = (f"compose-v{VERSION}:{composer.seed}:{ids[s.a]}:{ids[s.b]}:{ids[s.c]}:"
-               f"{s.layout}:{s.background}:{s.text}")
+               f"{s.layout}:{s.background}:{s.text}" + (":own-alpha" if composer.own_alpha else ""))
         out.append(Document(text=s.text, image=lambda k=k, s=s: image(k, s),
                             id=hashlib.sha1(key.encode()).hexdigest(), source="composite"))
     return out
@@ -297,6 +318,7 @@ def composite_store(model, docs: list, cfg, log=None):
     from .features import _atomic_save, build_store, cache_key, cached_store, default_cache_dir
     grid = square_grid(model)
     composer = Composer(docs, cfg.compose_n, cfg.seed, model.image_tower.cfg.image_size,
+                        own_alpha=cfg.compose_own_alpha,
                         max_words=cfg.compose_words[1], min_words=cfg.compose_words[0])
     specs = composer.specs()
     cells: dict = {}

@@ -101,6 +101,8 @@ class TrainConfig:
     compose_words: tuple = (8, 8)          # (min, max) words of each part of a composite's text
     compose_center: float = 0.2            # score where the composite loss is undecided
     compose_temp: float = 0.05             # its temperature
+    compose_own_alpha: bool = False        # offline drawings keep their own transparency in
+                                           # composites (else near-white is cut out)
     compose_qda: bool = False              # QDA thresholds from the composites' intersection vs
                                            # difference scores (else: own vs other pairs, paper)
     mask_probe_every: int = 0              # log mask-benchmark metrics (val split) every N steps

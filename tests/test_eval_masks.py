@@ -7,8 +7,8 @@ import torch
 
 from solar.eval.mask_metrics import (all_ones_reference, case_features, evaluate_masks, roc_auc,
                                      score_masks)
-from solar.eval.masks import (MaskBenchConfig, build_mask_benchmark, cell_labels,
-                              load_mask_benchmark, render_case, token_labels)
+from solar.data.composite import cell_labels, token_labels
+from solar.eval.masks import MaskBenchConfig, build_mask_benchmark, load_mask_benchmark, render_case
 
 
 def _clipart_present():

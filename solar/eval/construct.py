@@ -28,9 +28,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from .manifest import Benchmark, Doc, Query, Triplet
-from solar.data.composite import content_box, pastel
+from solar.data.composite import pastel
 
+from .manifest import Benchmark, Doc, Query, Triplet
 from .render import apply_ops, load_source, pixel_hash, render, source_of
 
 

@@ -22,7 +22,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .masks import MaskBenchmark, cell_labels, render_case, token_labels
+from solar.data.composite import cell_labels, token_labels
+
+from .masks import MaskBenchmark, render_case
 
 COLUMNS = ("token_precision", "token_recall", "token_f1", "token_auc", "patch_iou",
            "patch_b_marked", "patch_bg_marked", "patch_auc", "token_marked", "patch_marked")

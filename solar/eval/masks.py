@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from solar.data.composite import cell_labels, content_box, pastel, token_labels
+from solar.data.composite import content_box, pastel
 
 from .construct import _Item, _items, _words, offline_split
 from .render import load_source, pixel_hash
@@ -280,6 +280,3 @@ def _bench_cfg(cfg: MaskBenchConfig):
     from .construct import BenchmarkConfig
     return BenchmarkConfig(seed=cfg.seed, split=cfg.split, split_seed=cfg.split_seed, val=cfg.val,
                            test=cfg.test, sources=("openclipart",))
-
-
-# --------------------------------------------------------------------------- ground truth

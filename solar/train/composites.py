@@ -143,10 +143,9 @@ class Composer:
     def __init__(self, docs: list, n: int, seed: int = 0, size: int = 224, max_words: int = 8,
                  min_words: int = 8, scale: tuple = (0.7, 1.0), max_share: float = 0.02, tries: int = 50,
                  own_alpha: bool = False):
-        self.own_alpha = own_alpha
         if n < 1:
             raise ValueError(f"the number of composites must be positive, got {n}")
-        self.docs, self.n, self.seed, self.size = docs, n, seed, size
+        self.docs, self.n, self.seed, self.size, self.own_alpha = docs, n, seed, size, own_alpha
         if not 1 <= min_words <= max_words:
             raise ValueError(f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
         self.min_words, self.max_words, self.scale, self.tries = min_words, max_words, scale, tries

@@ -11,11 +11,13 @@ OUT=${1:-build/clipart-model}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 SOLAR_BACKEND=${SOLAR_BACKEND:-torch}
 # Stage 1: per-element GLA, element-level local alignment, composite supervision with its
 # thresholds (4,096 composites of the training pairs, cached once: about 3 minutes more), masks
-# read from local scores, embedding = CLS output + pooled locals of each modality.
+# read from local scores (token masks from the text encoded piece by piece between punctuation),
+# embedding = CLS output + pooled locals of each modality.
 solar-index train --recipe stage1 --data clipart+emoji --out "$OUT/stage1" --steps 400 \
   --batch-size 64 --lr 1e-3 --set gla_form=local --set w_local=1 --set local_form=owner \
   --set w_compose=3 --set compose_qda=true \
-  --model-set mask_scores=local --model-set readout=cls+pooled --no-progress
+  --model-set mask_scores=local --model-set readout=cls+pooled --model-set mask_context=segments \
+  --no-progress
 # Stage 2: views that also differ in crop and wording, distillation of the documents.
 solar-index train --recipe stage2 --model "$OUT/stage1" --data clipart+emoji --out "$OUT/stage2" \
   --steps 100 --batch-size 32 --lr 1e-4 --set crop_views=0.3 --set token_drop=0.2 \

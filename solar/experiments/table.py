@@ -47,7 +47,8 @@ DEVIATIONS_OFF = {
                       "w_compose": 0.0, "compose_qda": False,
                       "model_set": {"mask_scores": "global", "readout": "cls+pooled"}}, {}),
     "no_composites": ({"w_compose": 0.0, "compose_qda": False}, {}),
-    "cls_readout": ({"model_set": {"mask_scores": "local", "readout": "cls"}}, {}),
+    "cls_readout": ({"model_set": {"mask_scores": "local", "readout": "cls",
+                                   "mask_context": "segments"}}, {}),
     "no_views": ({}, {"crop_views": 0.0, "token_drop": 0.0, "anchor_view": False}),
     "no_s2_distill": ({}, {"s2_distill": 0.0}),
 }
@@ -59,7 +60,8 @@ RECIPE_SET = {
     "gcl": {"lr": 3e-5},
     "stage1": {"batch_size": 64, "gla_form": "local", "w_local": 1.0, "local_form": "owner",
                "w_compose": 3.0, "compose_qda": True,
-               "model_set": {"mask_scores": "local", "readout": "cls+pooled"}},
+               "model_set": {"mask_scores": "local", "readout": "cls+pooled",
+                             "mask_context": "segments"}},
     "stage2": {"crop_views": 0.3, "token_drop": 0.2, "anchor_view": True, "s2_distill": 1.0},
 }
 LABELS = {"score_fusion": "score fusion, untrained", "clip": "image-text contrastive (CL)",

@@ -7,7 +7,7 @@ all-False image mask (and zeros), rows without text an all-False text mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -74,6 +74,35 @@ def _check_docs(images, texts) -> int:
     return n
 
 
+@dataclass
+class PreparedDocs:
+    """Tower inputs of B documents, made on the CPU by a ``DocumentPreparer``: each tower's
+    prepared tensors for the rows that have its modality (None if no row has it)."""
+    size: int
+    image: Optional[dict]
+    text: Optional[dict]
+    has_image: list
+    has_text: list
+
+
+@dataclass(frozen=True)
+class DocumentPreparer:
+    """(images, texts) -> ``PreparedDocs`` with the towers' preprocessing (see
+    ``DocumentEncoder.preparer``); items may be None as in ``tower_features``."""
+    image: Callable
+    text: Callable
+
+    def __call__(self, images: Optional[Sequence] = None,
+                 texts: Optional[Sequence] = None) -> PreparedDocs:
+        B = _check_docs(images, texts)
+        images = list(images) if images is not None else [None] * B
+        texts = list(texts) if texts is not None else [None] * B
+        has_i = [i for i in range(B) if images[i] is not None]
+        has_t = [i for i in range(B) if texts[i] is not None]
+        return PreparedDocs(B, self.image([images[i] for i in has_i]) if has_i else None,
+                            self.text([texts[i] for i in has_t]) if has_t else None, has_i, has_t)
+
+
 class DocumentEncoder(nn.Module):
     """Towers plus ``embed(DocFeatures) -> (B, D)``; subclasses add the trained parts."""
 
@@ -88,10 +117,27 @@ class DocumentEncoder(nn.Module):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ towers
-    def _run(self, tower: Tower, items: list, B: int, present: list[int],
+    def preparer(self, text_context: Optional[str] = None) -> "DocumentPreparer":
+        """The CPU-side half of ``tower_features`` (resize, tokenize) as a picklable callable
+        that holds none of the weights, for DataLoader worker processes."""
+        return DocumentPreparer(self.image_tower.preprocessor(),
+                                self.text_tower.preprocessor(text_context))
+
+    def prepared_features(self, prepared: "PreparedDocs") -> DocFeatures:
+        """Run both towers on prepared documents -> DocFeatures on the model device."""
+        dev = self.device
+        B = prepared.size
+        img = self._run(self.image_tower, prepared.image, B, prepared.has_image, dev)
+        txt = self._run(self.text_tower, prepared.text, B, prepared.has_text, dev)
+        flag = lambda idx: torch.zeros(B, dtype=torch.bool, device=dev).index_fill_(  # noqa: E731
+            0, torch.tensor(idx, dtype=torch.long, device=dev), True)
+        return DocFeatures(img, txt, flag(prepared.has_image),
+                           flag(prepared.has_text)).trim_text(self.cfg.max_text_tokens)
+
+    def _run(self, tower: Tower, inputs: Optional[dict], B: int, present: list[int],
              device) -> TowerOutput:
         if present:
-            prepared = {k: v.to(device) for k, v in tower.prepare([items[i] for i in present]).items()}
+            prepared = {k: v.to(device) for k, v in inputs.items()}
             with torch.set_grad_enabled(torch.is_grad_enabled() and not tower.frozen):
                 out = tower(**prepared)
             L = out.tokens.shape[1]
@@ -108,19 +154,11 @@ class DocumentEncoder(nn.Module):
         return TowerOutput(tokens, mask, pooled)
 
     def tower_features(self, images: Optional[Sequence] = None,
-                       texts: Optional[Sequence] = None) -> DocFeatures:
-        """Run both towers on B documents (items may be None) -> DocFeatures on the model device."""
-        B = _check_docs(images, texts)
-        images = list(images) if images is not None else [None] * B
-        texts = list(texts) if texts is not None else [None] * B
-        dev = self.device
-        has_i = [i for i in range(B) if images[i] is not None]
-        has_t = [i for i in range(B) if texts[i] is not None]
-        img = self._run(self.image_tower, images, B, has_i, dev)
-        txt = self._run(self.text_tower, texts, B, has_t, dev)
-        flag = lambda idx: torch.zeros(B, dtype=torch.bool, device=dev).index_fill_(  # noqa: E731
-            0, torch.tensor(idx, dtype=torch.long, device=dev), True)
-        return DocFeatures(img, txt, flag(has_i), flag(has_t)).trim_text(self.cfg.max_text_tokens)
+                       texts: Optional[Sequence] = None,
+                       text_context: Optional[str] = None) -> DocFeatures:
+        """Run both towers on B documents (items may be None) -> DocFeatures on the model device.
+        ``text_context``: another text context than the text tower's own (``TowerConfig``)."""
+        return self.prepared_features(self.preparer(text_context)(images, texts))
 
     # ------------------------------------------------------------------ public API
     def embed(self, feats: DocFeatures) -> torch.Tensor:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 TRAINABLE = ("frozen", "lora", "full")
+CONTEXTS = ("full", "segments")
 ARCHS = ("solar", "score_fusion")
 READOUTS = ("cls", "cls+pooled")
 
@@ -29,6 +30,10 @@ class TowerConfig:
     pooling: how the tower's global vector is made: "mean" (masked mean of tokens), "cls" or
         "pooler" (the model's pooled output); None picks the family's usual one.
     trainable: "frozen" (features can be cached), "lora" or "full".
+    context: what a text token's feature sees (Hugging Face text towers): "full" (the whole
+        text, one pass: the usual form) or "segments" (each piece of the text between
+        punctuation, [.,;:!?] or a line break, is encoded on its own and the pieces' tokens are
+        joined in order, so a keyword's feature carries no other keyword's meaning).
     lora_rank, lora_alpha, lora_targets: LoRA settings; targets are suffixes of module names.
     width, depth, patch, vocab: sizes of the random "tiny-*" towers used by tests.
     """
@@ -39,6 +44,7 @@ class TowerConfig:
     max_length: int = 64
     pooling: Optional[str] = None
     trainable: str = "frozen"
+    context: str = "full"
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple = ("query", "value", "q_proj", "v_proj", "_project_conv")
@@ -50,6 +56,8 @@ class TowerConfig:
     def __post_init__(self):
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context must be one of {CONTEXTS}, got {self.context!r}")
         self.lora_targets = tuple(self.lora_targets)
         for name in ("image_size", "max_length", "lora_rank", "width", "depth", "patch", "vocab"):
             if getattr(self, name) < 1:
@@ -87,6 +95,11 @@ class ModelConfig:
     mask_scores: what a token or patch is scored against for the intersection mask: "global"
         (the paper's: the partner modality's global vector) or "local" (its best match among the
         partner's locals, so one object among several, or one word among several, is found).
+    mask_context: the text context of the token features the *token* masks are read from
+        (``intersection_masks``, the mask benchmark, heat maps): None (the text tower's own, as
+        the embedding) or "segments" (each piece between punctuation encoded on its own, see
+        ``TowerConfig.context``); patch masks, embeddings and training keep the tower's own
+        [I; docs/method.md].
     """
     image_tower: TowerConfig = field(default_factory=lambda: TowerConfig("efficientnet-lite0"))
     text_tower: TowerConfig = field(default_factory=lambda: TowerConfig("minilm-l6"))
@@ -102,6 +115,7 @@ class ModelConfig:
     logit_scale_init: float = 1.0 / 0.07
     readout: str = "cls"
     mask_scores: str = "global"
+    mask_context: Optional[str] = None
 
     def __post_init__(self):
         if isinstance(self.image_tower, dict):
@@ -110,6 +124,9 @@ class ModelConfig:
             self.text_tower = TowerConfig(**self.text_tower)
         if self.mask_scores not in ("global", "local"):
             raise ValueError(f"mask_scores must be 'global' or 'local', got {self.mask_scores!r}")
+        if self.mask_context is not None and self.mask_context not in CONTEXTS:
+            raise ValueError(f"mask_context must be None or one of {CONTEXTS}, "
+                             f"got {self.mask_context!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.arch not in ARCHS:

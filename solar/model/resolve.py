@@ -65,11 +65,15 @@ TINY_LORA_TARGETS = {"tiny-image": ("mlp.1",), "tiny-text": ("embed",)}
 
 
 def with_towers(cfg: ModelConfig, image: Optional[str] = None, text: Optional[str] = None,
-                lora_rank: Optional[int] = None, freeze: Optional[bool] = None) -> ModelConfig:
+                lora_rank: Optional[int] = None, freeze: Optional[bool] = None,
+                text_context: Optional[str] = None) -> ModelConfig:
     """``cfg`` with its towers replaced and their training set: LoRA of ``lora_rank``, full
-    training (``freeze=False``) or frozen (the default)."""
+    training (``freeze=False``) or frozen (the default); ``text_context`` sets the text tower's
+    ``context``."""
     it = tower_config(image, "image", cfg.image_tower) if image else cfg.image_tower
     tt = tower_config(text, "text", cfg.text_tower) if text else cfg.text_tower
+    if text_context is not None:
+        tt = TowerConfig(**{**tt.__dict__, "context": text_context})
     if lora_rank is not None or freeze is not None:
         mode = "lora" if lora_rank is not None else "frozen" if freeze else "full"
         it, tt = (_trainable(t, mode, lora_rank) for t in (it, tt))

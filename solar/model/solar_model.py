@@ -53,6 +53,9 @@ class SolarModel(DocumentEncoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         it, tt = self.image_tower, self.text_tower
+        if cfg.mask_context not in (None, tt.cfg.context) and not tt.segments:
+            raise ValueError(f"mask_context={cfg.mask_context!r} needs a text tower that encodes "
+                             f"segments (a Hugging Face one), not {tt.cfg.kind!r}")
         self.adapter_image = Adapter(it.token_dim, cfg.adapter_hidden, cfg.width)
         self.adapter_text = Adapter(tt.token_dim, cfg.adapter_hidden, cfg.width)
         self.fusion = FusionEncoder(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio,
@@ -155,14 +158,15 @@ class SolarModel(DocumentEncoder):
         try:
             tok_s, pat_s, toks, negs = [], [], [], ([], [])
             for s in range(0, len(images), batch_size):
-                feats = self.tower_features(images[s:s + batch_size], texts[s:s + batch_size])
-                t, p = self.diagonal_scores(feats)
-                tm = feats.text.mask
+                feats, tfeats = self.mask_features(images[s:s + batch_size],
+                                                   texts[s:s + batch_size])
+                t, p = self.mask_scores(feats, tfeats)
+                tm = (tfeats or feats).text.mask
                 tok_s += [t[i][tm[i]].float().cpu() for i in range(len(t))]
                 pat_s.append(p.float().cpu())
-                toks += self.token_strings(texts[s:s + batch_size], tm)
+                toks += self.token_strings(texts[s:s + batch_size], tm, self.cfg.mask_context)
                 if not all(map(math.isfinite, self.tau)):
-                    negs[0].append(self._negatives(feats, text=True))
+                    negs[0].append(self._negatives(tfeats or feats, text=True))
                     negs[1].append(self._negatives(feats, text=False))
         finally:
             self.train(was)
@@ -174,6 +178,25 @@ class SolarModel(DocumentEncoder):
         side = int(round(P ** 0.5))
         return IntersectionMasks(tok_s, toks, [t > tau_t for t in tok_s], patches, patches > tau_i,
                                  (side, side) if side * side == P else None, tau_t, tau_i, source)
+
+    def mask_features(self, images: Sequence, texts: Sequence) -> tuple:
+        """Tower features as the masks read them: (features, token features), the second None
+        unless ``cfg.mask_context`` asks for another text context than the tower's; then it
+        holds the same image features with the text under that context, and the token masks
+        are read from it while the patch masks keep the tower's own text features."""
+        feats = self.tower_features(images, texts)
+        ctx = self.cfg.mask_context
+        if ctx is None or ctx == self.text_tower.cfg.context:
+            return feats, None
+        txt = self.tower_features(None, list(texts), text_context=ctx)
+        return feats, DocFeatures(feats.image, txt.text, feats.has_image, txt.has_text)
+
+    def mask_scores(self, feats: DocFeatures, token_feats: Optional[DocFeatures] = None) -> tuple:
+        """``diagonal_scores`` with the token scores taken from ``token_feats`` when given."""
+        t, p = self.diagonal_scores(feats)
+        if token_feats is not None:
+            t = self.diagonal_scores(token_feats)[0]
+        return t, p
 
     def _negatives(self, feats: DocFeatures, text: bool) -> torch.Tensor:
         """Scores of locals against other documents' partners (off-diagonal), flat."""
@@ -199,17 +222,17 @@ class SolarModel(DocumentEncoder):
         tau_i = ops.qda_threshold(patches.flatten(), ni)
         return tau_t, tau_i, "batch"
 
-    def token_strings(self, texts, mask) -> list:
+    def token_strings(self, texts, mask, context: Optional[str] = None) -> list:
         """Strings of each text's valid tokens, in order: ``mask`` (B, T) is the features' text
-        mask (special tokens and padding excluded).  Hashed-word towers give the words."""
+        mask (special tokens and padding excluded) under the text ``context`` the features were
+        made with (None: the tower's own).  Hashed-word towers give the words."""
         tower = self.text_tower
         tok = getattr(tower, "tokenizer", None)
         if tok is None:
             import re
             words = [re.findall(r"\w+", t.lower()) for t in texts]
             return [[w for w, keep in zip(ws, mask[i].tolist()) if keep] for i, ws in enumerate(words)]
-        prep = tower.prepare(list(texts))
-        ids = prep["input_ids"][:, : mask.shape[1]]          # features are cut to mask's length
+        ids = tower.token_ids(list(texts), context)[:, : mask.shape[1]]  # features cut to mask
         out = []
         for i in range(len(texts)):
             row = ids[i][mask[i].cpu()].tolist()
@@ -235,6 +258,9 @@ class ScoreFusionModel(DocumentEncoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         it, tt = self.image_tower, self.text_tower
+        if cfg.mask_context not in (None, tt.cfg.context) and not tt.segments:
+            raise ValueError(f"mask_context={cfg.mask_context!r} needs a text tower that encodes "
+                             f"segments (a Hugging Face one), not {tt.cfg.kind!r}")
         self.adapter_image = Adapter(it.token_dim, cfg.adapter_hidden, cfg.width)
         self.adapter_text = Adapter(tt.token_dim, cfg.adapter_hidden, cfg.width)
         self.proj_image = nn.Linear(cfg.width, cfg.dim, bias=False)

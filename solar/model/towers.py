@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -32,20 +32,36 @@ class TowerOutput:
 class Tower(nn.Module):
     """Base class.  Subclasses set ``modality``, ``token_dim``, ``num_tokens``, ``pooled_dim``.
 
-    ``prepare(items)`` does the CPU-side work (decode, resize, tokenize) and returns a dict of
-    tensors; ``forward(**prepared)`` returns a ``TowerOutput``.
+    ``preprocess`` is the CPU-side work (resize, tokenize): a picklable callable, items -> dict of
+    tensors, that holds none of the tower's weights, so DataLoader worker processes can run it
+    (``preprocessor()``); ``prepare(items)`` calls it; ``forward(**prepared)`` returns a
+    ``TowerOutput``.  A tower may override ``prepare`` instead of setting ``preprocess``; its
+    preprocessing then runs where the tower is.
     """
     modality: str = ""
     token_dim: int = 0
     num_tokens: int = 0
     pooled_dim: int = 0
+    preprocess = None
+    segments = False          # whether the tower honours TowerConfig.context="segments"
 
     def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
 
     def prepare(self, items: list) -> dict:
-        raise NotImplementedError
+        if self.preprocess is None:
+            raise NotImplementedError(f"{type(self).__name__} sets neither preprocess nor prepare")
+        return self.preprocess(items)
+
+    def preprocessor(self, context: Optional[str] = None):
+        """The callable that turns items into ``forward``'s inputs, without the tower's weights
+        when the tower sets ``preprocess``.  ``context`` ("full" or "segments", text towers
+        that honour it) asks for that text context instead of the tower's own."""
+        if context is not None and context != self.cfg.context:
+            raise ValueError(f"tower kind {self.cfg.kind!r} has no context={context!r} (only the "
+                             "Hugging Face text towers encode segments)")
+        return self.preprocess if self.preprocess is not None else self.prepare
 
     @property
     def frozen(self) -> bool:
@@ -88,10 +104,32 @@ def build_tower(cfg: TowerConfig, modality: str) -> Tower:
     if tower.modality != modality:
         raise ValueError(f"tower kind {cfg.kind!r} is a {tower.modality} tower, "
                          f"not a {modality} tower")
+    if cfg.context != "full" and not tower.segments:
+        raise ValueError(f"tower kind {cfg.kind!r} has no context={cfg.context!r} (only the "
+                         "Hugging Face text towers encode segments)")
     return tower
 
 
 # --------------------------------------------------------------------------- tiny random towers
+@dataclass(frozen=True)
+class Pixels:
+    """Preprocessing of an image tower: PIL images -> {"pixels": (B, 3, S, S)}."""
+    transform: ImageTransform
+
+    def __call__(self, items: list) -> dict:
+        return {"pixels": self.transform(items)}
+
+
+@dataclass(frozen=True)
+class HashWords:
+    """Preprocessing of the hashed-word text tower: strings -> {"input_ids": (B, max_length)}."""
+    vocab: int
+    max_length: int
+
+    def __call__(self, items: list) -> dict:
+        return {"input_ids": hash_tokenize(items, self.vocab, self.max_length)}
+
+
 class TinyImageTower(Tower):
     """Random patchify conv + MLP: (B, 3, S, S) -> (S/patch)^2 tokens of ``width``."""
     modality = "image"
@@ -102,15 +140,12 @@ class TinyImageTower(Tower):
             raise ValueError(f"image_size ({cfg.image_size}) must be a multiple of patch ({cfg.patch})")
         self.token_dim = self.pooled_dim = cfg.width
         self.num_tokens = (cfg.image_size // cfg.patch) ** 2
-        self.transform = ImageTransform(cfg.image_size)
+        self.preprocess = Pixels(ImageTransform(cfg.image_size))
         self.backbone = nn.ModuleDict({
             "embed": nn.Conv2d(3, cfg.width, cfg.patch, stride=cfg.patch),
             "mlp": nn.Sequential(nn.GELU(), nn.Linear(cfg.width, cfg.width)),
         })
         self.finalize(self.backbone)
-
-    def prepare(self, items: list) -> dict:
-        return {"pixels": self.transform(items)}
 
     def forward(self, pixels: torch.Tensor) -> TowerOutput:
         x = self.backbone["embed"](pixels).flatten(2).transpose(1, 2)      # (B, P, w)
@@ -147,10 +182,8 @@ class TinyTextTower(Tower):
             "pos": nn.Embedding(cfg.max_length, cfg.width),
             "encoder": nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False),
         })
+        self.preprocess = HashWords(cfg.vocab, cfg.max_length)
         self.finalize(self.backbone)
-
-    def prepare(self, items: list) -> dict:
-        return {"input_ids": hash_tokenize(items, self.cfg.vocab, self.cfg.max_length)}
 
     def forward(self, input_ids: torch.Tensor) -> TowerOutput:
         mask = input_ids != 0                                                # (B, T)

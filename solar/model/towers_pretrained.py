@@ -11,15 +11,19 @@ Libraries (transformers, efficientnet_lite_pytorch) are imported when a tower is
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from .config import TowerConfig
 from .preprocess import ImageTransform
-from .towers import Tower, TowerOutput, mean_pool, register_tower
+from .towers import Pixels, Tower, TowerOutput, mean_pool, register_tower
 
 _HF_HINT = "install transformers (pip install 'solar-mm[model]')"
 
@@ -96,12 +100,10 @@ class EfficientNetLite0Tower(Tower):
         self.backbone = net.to(memory_format=torch.channels_last)
         self.num_tokens = (cfg.image_size // 32) ** 2
         # The weights expect (x * 255 - 127) / 128.
-        self.transform = ImageTransform(cfg.image_size, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+        self.preprocess = Pixels(ImageTransform(cfg.image_size, mean=(127 / 255,) * 3,
+                                                std=(128 / 255,) * 3))
         self.finalize(self.backbone)
         self.train(False)
-
-    def prepare(self, items: list) -> dict:
-        return {"pixels": self.transform(items)}
 
     def forward(self, pixels: torch.Tensor) -> TowerOutput:
         x = self.backbone.extract_features(pixels.contiguous(memory_format=torch.channels_last))
@@ -111,9 +113,76 @@ class EfficientNetLite0Tower(Tower):
 
 
 # --------------------------------------------------------------------------- text (HF)
+_SEGMENT = re.compile(r"[.,;:!?\n]*[^.,;:!?\n]+[.,;:!?\n]*")
+
+
+def text_segments(text: str) -> list:
+    """The pieces of ``text`` between punctuation ([.,;:!?] or a line break), each keeping the
+    punctuation around it, stripped; the whole text when it has no such piece."""
+    pieces = [m.group().strip() for m in _SEGMENT.finditer(text)]
+    return [p for p in pieces if p] or [text]
+
+
+@dataclass(frozen=True)
+class Tokenize:
+    """Preprocessing of a Hugging Face text tower: strings -> input_ids, attention_mask and the
+    special-token mask (B, T).  ``padding``: True (to the longest) or "max_length".
+
+    With ``segments`` each text's pieces (``text_segments``) become rows of their own (S rows),
+    and three more tensors say where their tokens go: ``dest`` (S, L) the position of each kept
+    token in the flattened (B, T) output (-1: special, padding or past the text's budget of
+    max_length minus the special tokens, the tokens one pass would keep), ``owner`` (S,) the
+    text of each row, and ``text_ids`` (B, T) the joined token ids."""
+    tokenizer: object
+    max_length: int
+    padding: object = True
+    segments: bool = False
+
+    def __call__(self, items: list) -> dict:
+        for i, t in enumerate(items):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{i}] must be a str or None, got {type(t).__name__}")
+        if not self.segments:
+            return self._tokenize(list(items))
+        rows, owner = [], []
+        for i, t in enumerate(items):
+            pieces = text_segments(t)
+            rows += pieces
+            owner += [i] * len(pieces)
+        out = self._tokenize(rows)
+        valid = out["attention_mask"].bool() & ~out["special"]
+        budget = max(1, self.max_length - self.tokenizer.num_special_tokens_to_add(pair=False))
+        B, used = len(items), [0] * len(items)
+        take = []
+        for s, i in enumerate(owner):
+            n = min(int(valid[s].sum()), budget - used[i])
+            take.append(n)
+            used[i] += n
+        T = max(1, max(used, default=1))
+        dest = torch.full(valid.shape, -1, dtype=torch.long)
+        text_ids = torch.zeros(B, T, dtype=out["input_ids"].dtype)
+        at = [0] * B
+        for s, (i, n) in enumerate(zip(owner, take)):
+            cols = valid[s].nonzero().flatten()[:n]
+            dest[s, cols] = i * T + at[i] + torch.arange(n)
+            text_ids[i, at[i]:at[i] + n] = out["input_ids"][s, cols]
+            at[i] += n
+        out.update(dest=dest, owner=torch.tensor(owner, dtype=torch.long), text_ids=text_ids)
+        return out
+
+    def _tokenize(self, texts: list) -> dict:
+        b = self.tokenizer(texts, padding=self.padding, truncation=True,
+                           max_length=self.max_length, return_tensors="pt",
+                           return_special_tokens_mask=True)
+        out = {"input_ids": b["input_ids"], "special": b["special_tokens_mask"].bool()}
+        out["attention_mask"] = b.get("attention_mask", torch.ones_like(b["input_ids"]))
+        return out
+
+
 class HFTextTower(Tower):
     """A Hugging Face text encoder.  Special tokens ([CLS], [SEP], <eos>) are not local tokens."""
     modality = "text"
+    segments = True
 
     def __init__(self, cfg: TowerConfig):
         super().__init__(cfg)
@@ -134,21 +203,14 @@ class HFTextTower(Tower):
         self.token_dim = self.pooled_dim = hidden
         self.num_tokens = cfg.max_length
         self.pooling = cfg.pooling or ("pooler" if self.family in ("clip", "siglip") else "mean")
+        self.preprocess = Tokenize(self.tokenizer, cfg.max_length,
+                                   "max_length" if self.family == "siglip" else True,
+                                   segments=cfg.context == "segments")
         self.finalize(self.backbone)
         self.train(False)
 
-    def prepare(self, items: list) -> dict:
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be a str or None, got {type(t).__name__}")
-        pad = "max_length" if self.family == "siglip" else True
-        b = self.tokenizer(list(items), padding=pad, truncation=True, max_length=self.cfg.max_length,
-                           return_tensors="pt", return_special_tokens_mask=True)
-        out = {"input_ids": b["input_ids"], "special": b["special_tokens_mask"].bool()}
-        out["attention_mask"] = b.get("attention_mask", torch.ones_like(b["input_ids"]))
-        return out
-
-    def forward(self, input_ids, attention_mask, special) -> TowerOutput:
+    def forward(self, input_ids, attention_mask, special, dest=None, owner=None,
+                text_ids=None) -> TowerOutput:
         kw = {"input_ids": input_ids}
         if self.family != "siglip":
             kw["attention_mask"] = attention_mask
@@ -161,7 +223,36 @@ class HFTextTower(Tower):
             pooled = x[:, 0]
         else:
             pooled = mean_pool(x, attn)
-        return TowerOutput(x, attn & ~special, pooled)
+        if dest is None:
+            return TowerOutput(x, attn & ~special, pooled)
+        return self._join(x, pooled, dest, owner, text_ids.shape)
+
+    def _join(self, x, pooled, dest, owner, shape) -> TowerOutput:
+        """Segment rows (S, L, d) -> each text's tokens in order (B, T, d) (``Tokenize``); the
+        global vector is the mean of the text's tokens under "mean" pooling, else the mean of its
+        segments' pooled vectors."""
+        B, T = shape
+        keep = dest >= 0
+        tokens = x.new_zeros(B * T, x.shape[-1]).index_copy(0, dest[keep], x[keep])
+        mask = torch.zeros(B * T, dtype=torch.bool, device=x.device)
+        mask[dest[keep]] = True
+        tokens, mask = tokens.view(B, T, -1), mask.view(B, T)
+        if self.pooling == "mean":
+            return TowerOutput(tokens, mask, mean_pool(tokens, mask))
+        n = torch.zeros(B, device=x.device, dtype=x.dtype).index_add_(
+            0, owner, torch.ones_like(owner, dtype=x.dtype))
+        g = pooled.new_zeros(B, pooled.shape[-1]).index_add(0, owner, pooled)
+        return TowerOutput(tokens, mask, g / n.clamp_min(1)[:, None])
+
+    def preprocessor(self, context: Optional[str] = None):
+        if context is None or context == self.cfg.context:
+            return self.preprocess
+        return dataclasses.replace(self.preprocess, segments=context == "segments")
+
+    def token_ids(self, texts: list, context: Optional[str] = None) -> torch.Tensor:
+        """(B, T) token ids in the positions of the tower's output tokens (under ``context``)."""
+        prep = self.preprocessor(context)(list(texts))
+        return prep.get("text_ids", prep["input_ids"])
 
 
 # --------------------------------------------------------------------------- image (HF)
@@ -189,7 +280,7 @@ class HFImageTower(Tower):
         self.num_tokens = (size // patch) ** 2
         self.skip = 0 if self.family == "siglip" else 1 + int(getattr(vc, "num_register_tokens", 0))
         mean, std = self._norm(folder)
-        self.transform = ImageTransform(size, mean, std, resize="pad")
+        self.preprocess = Pixels(ImageTransform(size, mean, std, resize="pad"))
         self.pooling = cfg.pooling or "pooler"
         self.finalize(self.backbone)
         self.train(False)
@@ -201,9 +292,6 @@ class HFImageTower(Tower):
             if "image_mean" in d and "image_std" in d:
                 return tuple(d["image_mean"]), tuple(d["image_std"])
         return _IMAGE_NORM.get(self.family, _IMAGENET)
-
-    def prepare(self, items: list) -> dict:
-        return {"pixels": self.transform(items)}
 
     def forward(self, pixels: torch.Tensor) -> TowerOutput:
         out = self.backbone(pixel_values=pixels)

@@ -100,6 +100,9 @@ def _pairs(values: typing.Iterable[str], cls, what: str) -> dict:
               help="Fine-tune both towers with LoRA of this rank (through peft).")
 @click.option("--freeze-towers/--no-freeze-towers", default=None,
               help="Keep the towers frozen (default; features can be cached) or train them fully.")
+@click.option("--text-context", type=click.Choice(["full", "segments"]), default=None,
+              help="What a text token sees: the whole text (full, the default) or only its piece "
+                   "between punctuation (segments; sharper word masks for tag and keyword lists).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimizer steps.")
 @click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Train this many epochs (overrides --steps).")
@@ -115,7 +118,7 @@ def _pairs(values: typing.Iterable[str], cls, what: str) -> dict:
               help="ModelConfig field of a preset, e.g. --model-set dim=128.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(recipe, out_dir, model, data, val_data, limit, stream, data_workers, image_tower,
-          text_tower, lora_rank, freeze_towers, steps, epochs, batch_size, grad_accum, lr, seed,
+          text_tower, lora_rank, freeze_towers, text_context, steps, epochs, batch_size, grad_accum, lr, seed,
           cache_dir, sets, model_sets, no_progress):
     """Train a recipe on your data or the offline pairs (runs under torchrun as well)."""
     from solar.model.config import ModelConfig
@@ -123,7 +126,7 @@ def train(recipe, out_dir, model, data, val_data, limit, stream, data_workers, i
           "data": (data[0] if len(data) == 1 else list(data)) if data else None,
           "val_data": list(val_data) or None, "limit": limit, "stream": stream,
           "data_workers": data_workers, "image_tower": image_tower, "text_tower": text_tower,
-          "lora_rank": lora_rank, "freeze_towers": freeze_towers,
+          "lora_rank": lora_rank, "freeze_towers": freeze_towers, "text_context": text_context,
           "steps": steps, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
           "lr": lr, "seed": seed, "cache_dir": cache_dir, "progress": not no_progress}
     kw = {k: v for k, v in kw.items() if v is not None}

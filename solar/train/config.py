@@ -9,6 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from solar.model.config import CONTEXTS
+
 from .registry import recipe_spec
 
 GLA_FORMS = ("mean", "local", "smoothmax")
@@ -36,6 +38,8 @@ class TrainConfig:
     image_tower, text_tower: a tower name ("efficientnet-lite0", "minilm-l6", "tiny-image",
         "tiny-text") or a local Hugging Face folder, replacing the preset's tower.
     lora_rank: train the towers with LoRA of this rank; freeze_towers: False trains them fully.
+    text_context: the text tower's ``context`` ("full" or "segments": each piece between
+        punctuation encoded on its own; see ``TowerConfig``).
     steps: optimizer steps; epochs (if set) overrides steps as ceil(epochs * N / global batch).
     batch_size: per device and micro-step; grad_accum micro-steps per optimizer step.
     """
@@ -57,6 +61,7 @@ class TrainConfig:
     text_tower: Optional[str] = None
     lora_rank: Optional[int] = None
     freeze_towers: Optional[bool] = None
+    text_context: Optional[str] = None
     val_frac: float = 0.1
     test_frac: float = 0.1
     split_seed: int = 0
@@ -195,6 +200,8 @@ class TrainConfig:
         if self.lora_rank is not None and self.freeze_towers is False:
             raise ValueError("lora_rank trains LoRA factors of frozen towers; it cannot be "
                              "combined with freeze_towers=False (full training)")
+        if self.text_context is not None and self.text_context not in CONTEXTS:
+            raise ValueError(f"text_context must be one of {CONTEXTS}, got {self.text_context!r}")
         if self.split not in ("train", "val", "test"):
             raise ValueError(f"split must be train, val or test, got {self.split!r}")
         if self.qda_priors is not None:

@@ -123,9 +123,19 @@ def build_store(model: DocumentEncoder, docs: list, batch_size: int = 32,
     return FeatureStore(tensors, [d.id for d in docs])
 
 
+# Tower fields added after the cache format: at these values the features are what they were
+# before the field existed, so the field stays out of the key (existing caches stay valid).
+_LATER_FIELDS = {"context": "full"}
+
+
+def _tower_key(tc) -> dict:
+    return {k: v for k, v in tc.__dict__.items()
+            if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+
 def cache_key(model: DocumentEncoder, docs: list) -> str:
-    h = hashlib.sha1(json.dumps({"v": CACHE_VERSION, "image": model.cfg.image_tower.__dict__,
-                                 "text": model.cfg.text_tower.__dict__}, sort_keys=True,
+    h = hashlib.sha1(json.dumps({"v": CACHE_VERSION, "image": _tower_key(model.cfg.image_tower),
+                                 "text": _tower_key(model.cfg.text_tower)}, sort_keys=True,
                                 default=str).encode())
     for d in docs:
         h.update(d.id.encode() + b"\0")

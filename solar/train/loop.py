@@ -52,7 +52,7 @@ def make_model(cfg: TrainConfig):
     """The starting model: ``solar.load_model`` of a preset (with ``model_overrides`` and the
     chosen towers), a shipped model name or a checkpoint/run folder."""
     overrides = dict(cfg.model_overrides)
-    towers = (cfg.image_tower, cfg.text_tower, cfg.lora_rank, cfg.freeze_towers)
+    towers = (cfg.image_tower, cfg.text_tower, cfg.lora_rank, cfg.freeze_towers, cfg.text_context)
     if any(t is not None for t in towers):
         if cfg.model not in PRESETS:
             raise ValueError(f"towers are chosen when training starts from a preset "
@@ -232,7 +232,7 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
         log({"event": "resume", "step": start})
     ds = DocStream(data.stream, cfg.batch_size, cfg.data_workers, r, W, states,
                    offset=(start * cfg.grad_accum) % K, shuffle_buffer=cfg.shuffle_buffer,
-                   seed=cfg.seed)
+                   seed=cfg.seed, prepare=model.preparer())
     batches = iter(make_loader(ds, cfg.data_workers))
     qlog = data.quarantine if r == 0 else QuarantineLog(
         Path(cfg.out_dir) / f"quarantine.rank{r}.jsonl")
@@ -245,7 +245,7 @@ def _train_stream(cfg, model, data, device, log, info) -> dict:
         for bad in b["bad"]:
             qlog.add(bad)
         ids(step, micro, b["ids"])
-        feats = model.tower_features(b["images"], b["texts"]).trim_text(max_tokens).to(device)
+        feats = model.prepared_features(b["prepared"]).trim_text(max_tokens).to(device)
         idx = torch.arange(len(b["ids"]))
         if not per_batch:
             return feats, idx, None

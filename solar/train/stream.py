@@ -6,8 +6,9 @@ epoch orders the units by a seeded permutation and cuts the concatenated records
 G = world x workers equal contiguous ranges of R = N // G records, one per *logical worker*
 g = rank x workers + q (the < G left-over records wait for another epoch's order).  A worker
 reads only its own range (skipping, without decoding, into its first unit), shuffles it with a
-seeded buffer of raw records, drops records of the other split, decodes in the DataLoader worker
-process and yields whole batches of B documents.  A record whose content id is already in the
+seeded buffer of raw records, drops records of the other split, decodes, resizes and tokenizes in
+the DataLoader worker process (the model's ``preparer()``, which holds no weights) and yields
+whole batches of B prepared documents.  A record whose content id is already in the
 batch being filled is skipped (two copies in one batch would be each other's false negative; the
 stage-2 queue of mined negatives skips an anchor's own id too); copies in different batches are
 trained on as often as they occur.
@@ -198,11 +199,16 @@ class DocStream(torch.utils.data.IterableDataset):
     """Batches of decoded documents for one rank (see the module docstring).
 
     Each item: {"images": [PIL or None], "texts": [str or None], "ids": [str], "q": logical
-    worker, "state": (epoch, cursor, made) after the batch, "bad": [quarantined dicts]}.
+    worker, "state": (epoch, cursor, made) after the batch, "bad": [quarantined dicts]}.  With
+    ``prepare`` (a model's ``preparer()``) the worker also resizes and tokenizes: the item holds
+    "prepared" (``PreparedDocs``) instead of "images" and "texts"; an image the preparation
+    rejects is quarantined like one the decoder rejects.
     """
 
     def __init__(self, plan: StreamPlan, batch_size: int, workers: int, rank: int, world: int,
-                 states: list, offset: int = 0, shuffle_buffer: int = 512, seed: int = 0):
+                 states: list, offset: int = 0, shuffle_buffer: int = 512, seed: int = 0,
+                 prepare=None):
+        self.prepare = prepare
         self.plan, self.B, self.K = plan, batch_size, max(1, workers)
         self.rank, self.world, self.states, self.offset = rank, world, states, offset
         self.buffer, self.seed = shuffle_buffer, seed
@@ -257,18 +263,46 @@ class DocStream(torch.utils.data.IterableDataset):
                 if not self.plan.wanted(r.id) or r.id in ids:   # a copy in one batch would be
                     continue                                    # its own false negative
                 rec = decode_record(r)
+                image = getattr(rec, "image", None)
+                if image is not None and self.prepare is not None:
+                    image, rec = self._pixels(rec)
                 if not hasattr(rec, "image"):
                     bad.append(rec.to_json())
                     continue
                 good += 1
-                images.append(rec.image)
+                images.append(image)
                 texts.append(rec.text)
                 ids.append(rec.id)
                 if len(ids) == self.B:
                     st.made += 1
-                    yield {"images": images, "texts": texts, "ids": ids, "q": q,
-                           "state": (st.epoch, st.cursor, st.made), "bad": bad}
+                    item = {"ids": ids, "q": q, "state": (st.epoch, st.cursor, st.made), "bad": bad}
+                    if self.prepare is None:
+                        item.update(images=images, texts=texts)
+                    else:
+                        item["prepared"] = self._prepared(images, texts)
+                    yield item
                     images, texts, ids, bad = [], [], [], []
+
+    def _pixels(self, rec):
+        """(the image tower's prepared tensors of a decoded document, the document), or
+        (None, Quarantined) when the preparation fails."""
+        from solar.data.records import CORRUPT_IMAGE, Quarantined
+        try:
+            return self.prepare.image([rec.image]), rec
+        except Exception as err:  # noqa: BLE001 - one bad image must not end the stream
+            return None, Quarantined(rec.id, rec.locator, CORRUPT_IMAGE,
+                                     f"{rec.locator}: image preprocessing failed "
+                                     f"({type(err).__name__}: {err})", rec.source)
+
+    def _prepared(self, images: list, texts: list):
+        """One batch's ``PreparedDocs`` from per-document prepared images and raw texts."""
+        from solar.model.base import PreparedDocs
+        has_i = [i for i, x in enumerate(images) if x is not None]
+        has_t = [i for i, x in enumerate(texts) if x is not None]
+        image = ({k: torch.cat([images[i][k] for i in has_i]) for k in images[has_i[0]]}
+                 if has_i else None)
+        text = self.prepare.text([texts[i] for i in has_t]) if has_t else None
+        return PreparedDocs(len(images), image, text, has_i, has_t)
 
 
 def identity(x):

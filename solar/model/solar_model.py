@@ -24,6 +24,7 @@ from solar import ops
 from .base import DocFeatures, DocumentEncoder
 from .config import ModelConfig
 from .fusion import Adapter, FusionEncoder
+from .towers import check_context
 
 
 @dataclass
@@ -53,9 +54,10 @@ class SolarModel(DocumentEncoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         it, tt = self.image_tower, self.text_tower
-        if cfg.mask_context not in (None, tt.cfg.context) and not tt.segments:
-            raise ValueError(f"mask_context={cfg.mask_context!r} needs a text tower that encodes "
-                             f"segments (a Hugging Face one), not {tt.cfg.kind!r}")
+        try:
+            check_context(tt, cfg.mask_context)
+        except ValueError as err:
+            raise ValueError(f"mask_context: {err}") from None
         self.adapter_image = Adapter(it.token_dim, cfg.adapter_hidden, cfg.width)
         self.adapter_text = Adapter(tt.token_dim, cfg.adapter_hidden, cfg.width)
         self.fusion = FusionEncoder(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio,
@@ -258,9 +260,6 @@ class ScoreFusionModel(DocumentEncoder):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         it, tt = self.image_tower, self.text_tower
-        if cfg.mask_context not in (None, tt.cfg.context) and not tt.segments:
-            raise ValueError(f"mask_context={cfg.mask_context!r} needs a text tower that encodes "
-                             f"segments (a Hugging Face one), not {tt.cfg.kind!r}")
         self.adapter_image = Adapter(it.token_dim, cfg.adapter_hidden, cfg.width)
         self.adapter_text = Adapter(tt.token_dim, cfg.adapter_hidden, cfg.width)
         self.proj_image = nn.Linear(cfg.width, cfg.dim, bias=False)

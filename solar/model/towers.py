@@ -58,9 +58,7 @@ class Tower(nn.Module):
         """The callable that turns items into ``forward``'s inputs, without the tower's weights
         when the tower sets ``preprocess``.  ``context`` ("full" or "segments", text towers
         that honour it) asks for that text context instead of the tower's own."""
-        if context is not None and context != self.cfg.context:
-            raise ValueError(f"tower kind {self.cfg.kind!r} has no context={context!r} (only the "
-                             "Hugging Face text towers encode segments)")
+        check_context(self, context)
         return self.preprocess if self.preprocess is not None else self.prepare
 
     @property
@@ -104,10 +102,15 @@ def build_tower(cfg: TowerConfig, modality: str) -> Tower:
     if tower.modality != modality:
         raise ValueError(f"tower kind {cfg.kind!r} is a {tower.modality} tower, "
                          f"not a {modality} tower")
-    if cfg.context != "full" and not tower.segments:
-        raise ValueError(f"tower kind {cfg.kind!r} has no context={cfg.context!r} (only the "
-                         "Hugging Face text towers encode segments)")
+    check_context(tower, cfg.context)
     return tower
+
+
+def check_context(tower: Tower, context: Optional[str]) -> None:
+    """A tower that does not encode segments serves only the "full" text context."""
+    if context not in (None, "full") and not tower.segments:
+        raise ValueError(f"tower kind {tower.cfg.kind!r} has no context={context!r} (only the "
+                         "Hugging Face text towers encode segments)")
 
 
 # --------------------------------------------------------------------------- tiny random towers

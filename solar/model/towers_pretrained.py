@@ -217,17 +217,18 @@ class HFTextTower(Tower):
         out = self.backbone(**kw)
         x = out.last_hidden_state                                               # (B, T, d)
         attn = attention_mask.bool()
-        if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
-            pooled = out.pooler_output
-        elif self.pooling == "cls":
-            pooled = x[:, 0]
-        else:
-            pooled = mean_pool(x, attn)
         if dest is None:
-            return TowerOutput(x, attn & ~special, pooled)
-        return self._join(x, pooled, dest, owner, text_ids.shape)
+            return TowerOutput(x, attn & ~special, self._pooled(out, x, attn))
+        return self._join(out, x, attn, dest, owner, text_ids.shape)
 
-    def _join(self, x, pooled, dest, owner, shape) -> TowerOutput:
+    def _pooled(self, out, x, attn) -> torch.Tensor:
+        if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
+            return out.pooler_output
+        if self.pooling == "cls":
+            return x[:, 0]
+        return mean_pool(x, attn)
+
+    def _join(self, out, x, attn, dest, owner, shape) -> TowerOutput:
         """Segment rows (S, L, d) -> each text's tokens in order (B, T, d) (``Tokenize``); the
         global vector is the mean of the text's tokens under "mean" pooling, else the mean of its
         segments' pooled vectors."""
@@ -239,6 +240,7 @@ class HFTextTower(Tower):
         tokens, mask = tokens.view(B, T, -1), mask.view(B, T)
         if self.pooling == "mean":
             return TowerOutput(tokens, mask, mean_pool(tokens, mask))
+        pooled = self._pooled(out, x, attn)
         n = torch.zeros(B, device=x.device, dtype=x.dtype).index_add_(
             0, owner, torch.ones_like(owner, dtype=x.dtype))
         g = pooled.new_zeros(B, pooled.shape[-1]).index_add(0, owner, pooled)

@@ -100,6 +100,31 @@ def test_offline_towers_on_real_pairs():
     assert e.shape == (3, 256) and e.dtype == torch.float32
 
 
+def test_efficientnet_output_stride_16():
+    """output_stride=16: a 14 x 14 grid at 224 px from the same weights; the picture's global
+    vector stays close to the stride-32 one, and only that tower takes the field."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from sklearn.datasets import load_sample_images
+    images = [Image.fromarray(x) for x in load_sample_images().images]
+    coarse = build_tower(TowerConfig("efficientnet-lite0"), "image")
+    fine = build_tower(TowerConfig("efficientnet-lite0", output_stride=16), "image")
+    assert TowerConfig("efficientnet-lite0").output_stride == 32
+    assert (coarse.num_tokens, fine.num_tokens) == (49, 196)
+    with torch.no_grad():
+        a = coarse(**coarse.prepare(images))
+        b = fine(**fine.prepare(images))
+    assert a.tokens.shape == (2, 49, 1280) and b.tokens.shape == (2, 196, 1280)
+    assert torch.nn.functional.cosine_similarity(a.pooled, b.pooled).min() > 0.8
+    # A cell's fine 2 x 2 block is closer to its own coarse cell than other cells are.
+    pooled = b.tokens.view(2, 7, 2, 7, 2, -1).mean((2, 4)).reshape(2, 49, -1)
+    cos = torch.nn.functional.cosine_similarity(a.tokens[:, :, None], pooled[:, None], dim=-1)
+    assert (cos.diagonal(dim1=1, dim2=2).mean() > cos.mean() + 0.1)
+    with pytest.raises(ValueError, match="output_stride must be 16 or 32"):
+        TowerConfig("efficientnet-lite0", output_stride=8)
+    with pytest.raises(ValueError, match="applies to the efficientnet-lite0 tower"):
+        TowerConfig("tiny-image", output_stride=16)
+
+
 def test_hf_preprocessing_pickles_without_weights(folders):
     """What the DataLoader workers get: the towers' preprocessing, not their weights."""
     import pickle

@@ -165,6 +165,24 @@ def test_tower_names_and_folders(tmp_path):
     assert c.image_tower.trainable == c.text_tower.trainable == "full"
 
 
+def test_model_set_takes_a_towers_fields():
+    """--model-set image_tower={...}: JSON fields over the preset's tower, the rest kept."""
+    import click
+    import dataclasses
+    from solar.model.config import ModelConfig
+    from solar.train.cli import _pairs
+    from solar.train.loop import make_model
+    over = _pairs(['image_tower={"image_size": 64}', "dim=8"], ModelConfig, "--model-set")
+    assert over == {"image_tower": {"image_size": 64}, "dim": 8}
+    m = make_model(TrainConfig(model="solar-tiny-random", model_overrides=over))
+    it = m.cfg.image_tower
+    assert (it.kind, it.image_size, it.patch, m.cfg.dim) == ("tiny-image", 64, 8, 8)
+    assert m.image_tower.num_tokens == 64
+    with pytest.raises(click.BadParameter, match="expects JSON"):
+        _pairs(["image_tower={image_size: 64}"], ModelConfig, "--model-set")
+    assert dataclasses.asdict(m.cfg)["text_tower"]["kind"] == "tiny-text"
+
+
 def test_shipped_model_is_a_training_start(tmp_path):
     from solar.train.loop import make_model
     m = make_model(TrainConfig(recipe="stage2", model="solar-clipart"))
@@ -329,8 +347,8 @@ def test_stream_workers_resize_and_tokenize(tmp_path):
 
 
 def test_feature_cache_key_and_text_context():
-    """context="full" (the default) keeps the cache keys written before the field existed;
-    "segments" gives other text features, so another key."""
+    """context="full" and output_stride=32 (the defaults) keep the cache keys written before the
+    fields existed; "segments" or stride 16 give other features, so another key."""
     import hashlib
     from types import SimpleNamespace
     from solar.data import Document
@@ -338,12 +356,16 @@ def test_feature_cache_key_and_text_context():
     from solar.train.features import CACHE_VERSION, cache_key
     docs = [Document(text="a", id="x1"), Document(text="b", id="x2")]
     it, tt = TowerConfig("efficientnet-lite0"), TowerConfig("minilm-l6")
-    old = {k: v for k, v in tt.__dict__.items() if k != "context"}      # the key's former form
+    later = ("context", "output_stride")
+    old = {k: v for k, v in tt.__dict__.items() if k not in later}      # the key's former form
     h = hashlib.sha1(json.dumps({"v": CACHE_VERSION, "image": {k: v for k, v in it.__dict__.items()
-                                                               if k != "context"},
+                                                               if k not in later},
                                  "text": old}, sort_keys=True, default=str).encode())
     for d in docs:
         h.update(d.id.encode() + b"\0")
     model = lambda t: SimpleNamespace(cfg=SimpleNamespace(image_tower=it, text_tower=t))  # noqa: E731
     assert cache_key(model(tt), docs) == h.hexdigest()[:16]
     assert cache_key(model(TowerConfig("minilm-l6", context="segments")), docs) != h.hexdigest()[:16]
+    fine = SimpleNamespace(cfg=SimpleNamespace(
+        image_tower=TowerConfig("efficientnet-lite0", output_stride=16), text_tower=tt))
+    assert cache_key(fine, docs) != h.hexdigest()[:16]

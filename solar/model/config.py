@@ -34,6 +34,10 @@ class TowerConfig:
         text, one pass: the usual form) or "segments" (each piece of the text between
         punctuation, [.,;:!?] or a line break, is encoded on its own and the pieces' tokens are
         joined in order, so a keyword's feature carries no other keyword's meaning).
+    output_stride: pixels per patch token of the "efficientnet-lite0" tower: 32 (the network as
+        trained: a 7 x 7 grid at 224 px) or 16 (the last stride-2 stage runs at stride 1 with its
+        depthwise convolutions dilated by 2: a 14 x 14 grid at 224 px from the same weights,
+        each token covering a smaller part of the picture).
     lora_rank, lora_alpha, lora_targets: LoRA settings; targets are suffixes of module names.
     width, depth, patch, vocab: sizes of the random "tiny-*" towers used by tests.
     """
@@ -45,6 +49,7 @@ class TowerConfig:
     pooling: Optional[str] = None
     trainable: str = "frozen"
     context: str = "full"
+    output_stride: int = 32
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple = ("query", "value", "q_proj", "v_proj", "_project_conv")
@@ -58,6 +63,11 @@ class TowerConfig:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         if self.context not in CONTEXTS:
             raise ValueError(f"context must be one of {CONTEXTS}, got {self.context!r}")
+        if self.output_stride not in (16, 32):
+            raise ValueError(f"output_stride must be 16 or 32, got {self.output_stride!r}")
+        if self.output_stride != 32 and self.kind != "efficientnet-lite0":
+            raise ValueError(f"output_stride applies to the efficientnet-lite0 tower, not to "
+                             f"{self.kind!r}")
         self.lora_targets = tuple(self.lora_targets)
         for name in ("image_size", "max_length", "lora_rank", "width", "depth", "patch", "vocab"):
             if getattr(self, name) < 1:

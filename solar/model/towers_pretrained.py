@@ -75,7 +75,7 @@ def _family(cfg: TowerConfig, folder: Path) -> str:
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
 class EfficientNetLite0Tower(Tower):
-    """EfficientNet-Lite0 trunk: (B, 3, S, S) -> (S/32)^2 patch tokens of 1280."""
+    """EfficientNet-Lite0 trunk: (B, 3, S, S) -> (S/r)^2 patch tokens of 1280 (r: output_stride)."""
     modality = "image"
     token_dim = pooled_dim = 1280
 
@@ -97,8 +97,10 @@ class EfficientNetLite0Tower(Tower):
         for name in ("_fc", "_dropout", "_avg_pooling"):
             if hasattr(net, name):
                 delattr(net, name)
+        if cfg.output_stride == 16:
+            _dilate_last_stage(net)
         self.backbone = net.to(memory_format=torch.channels_last)
-        self.num_tokens = (cfg.image_size // 32) ** 2
+        self.num_tokens = (cfg.image_size // cfg.output_stride) ** 2
         # The weights expect (x * 255 - 127) / 128.
         self.preprocess = Pixels(ImageTransform(cfg.image_size, mean=(127 / 255,) * 3,
                                                 std=(128 / 255,) * 3))
@@ -110,6 +112,20 @@ class EfficientNetLite0Tower(Tower):
         x = x.flatten(2).transpose(1, 2).contiguous()                           # (B, P, 1280)
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return TowerOutput(x, mask, mean_pool(x, mask))
+
+
+def _dilate_last_stage(net) -> None:
+    """Output stride 16: the last stride-2 block runs at stride 1, and it and every block after
+    it get depthwise convolutions dilated by 2 with "same" padding (the atrous form segmentation
+    networks use, so the later kernels still span the area they spanned on the coarser grid);
+    the weights are unchanged."""
+    blocks = list(net._blocks)
+    last = max(i for i, b in enumerate(blocks) if b._depthwise_conv.stride[0] == 2)
+    for block in blocks[last:]:
+        conv = block._depthwise_conv
+        k = conv.kernel_size[0]
+        conv.stride, conv.dilation = [1, 1], (2, 2)
+        conv.static_padding = torch.nn.ZeroPad2d(k - 1)          # 2 * (k - 1) / 2 on each side
 
 
 # --------------------------------------------------------------------------- text (HF)

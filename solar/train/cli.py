@@ -28,7 +28,7 @@ def _coerce(field: dataclasses.Field, raw: str):
                 return typ(raw)
             except ValueError:
                 raise click.BadParameter(f"{field.name} expects a number, got {raw!r}") from None
-    if "tuple" in hint or "dict" in hint:
+    if "tuple" in hint or "dict" in hint or "TowerConfig" in hint:
         try:
             return json.loads(raw)
         except ValueError:
@@ -115,7 +115,8 @@ def _pairs(values: typing.Iterable[str], cls, what: str) -> dict:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other TrainConfig field, e.g. --set w_gla=0.5 --set temperature=0.07.")
 @click.option("--model-set", "model_sets", multiple=True, metavar="KEY=VALUE",
-              help="ModelConfig field of a preset, e.g. --model-set dim=128.")
+              help="ModelConfig field of a preset, e.g. --model-set dim=128; a tower's fields as "
+                   "JSON, e.g. --model-set 'image_tower={\"output_stride\": 16}'.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(recipe, out_dir, model, data, val_data, limit, stream, data_workers, image_tower,
           text_tower, lora_rank, freeze_towers, text_context, steps, epochs, batch_size, grad_accum, lr, seed,

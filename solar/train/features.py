@@ -125,7 +125,7 @@ def build_store(model: DocumentEncoder, docs: list, batch_size: int = 32,
 
 # Tower fields added after the cache format: at these values the features are what they were
 # before the field existed, so the field stays out of the key (existing caches stay valid).
-_LATER_FIELDS = {"context": "full"}
+_LATER_FIELDS = {"context": "full", "output_stride": 32}
 
 
 def _tower_key(tc) -> dict:

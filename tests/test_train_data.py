@@ -168,8 +168,7 @@ def test_tower_names_and_folders(tmp_path):
 def test_model_set_takes_a_towers_fields():
     """--model-set image_tower={...}: JSON fields over the preset's tower, the rest kept."""
     import click
-    import dataclasses
-    from solar.model.config import ModelConfig
+    from solar.model.config import ModelConfig, preset
     from solar.train.cli import _pairs
     from solar.train.loop import make_model
     over = _pairs(['image_tower={"image_size": 64}', "dim=8"], ModelConfig, "--model-set")
@@ -180,7 +179,9 @@ def test_model_set_takes_a_towers_fields():
     assert m.image_tower.num_tokens == 64
     with pytest.raises(click.BadParameter, match="expects JSON"):
         _pairs(["image_tower={image_size: 64}"], ModelConfig, "--model-set")
-    assert dataclasses.asdict(m.cfg)["text_tower"]["kind"] == "tiny-text"
+    assert m.cfg.text_tower == preset("solar-tiny-random").text_tower
+    # The same through the Python API: load_model of a preset with a tower's fields.
+    assert load_model("solar-tiny-random", image_tower={"image_size": 64}).cfg.image_tower == it
 
 
 def test_shipped_model_is_a_training_start(tmp_path):

@@ -163,6 +163,12 @@ class ModelConfig:
         return cls(**kw)
 
     def replace(self, **kw) -> "ModelConfig":
+        """A copy with fields replaced; a tower given as a dict without another "kind" updates
+        only those fields of this config's tower (``image_tower={"image_size": 320}``)."""
+        for name in ("image_tower", "text_tower"):
+            d, own = kw.get(name), getattr(self, name)
+            if isinstance(d, dict) and d.get("kind", own.kind) == own.kind:
+                kw[name] = TowerConfig(**{**own.__dict__, **d})
         return dataclasses.replace(self, **kw)
 
 

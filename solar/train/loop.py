@@ -52,11 +52,6 @@ def make_model(cfg: TrainConfig):
     """The starting model: ``solar.load_model`` of a preset (with ``model_overrides`` and the
     chosen towers), a shipped model name or a checkpoint/run folder."""
     overrides = dict(cfg.model_overrides)
-    if cfg.model in PRESETS:            # a tower given as some fields: the preset's tower with them
-        base = preset(cfg.model)
-        for name in ("image_tower", "text_tower"):
-            if isinstance(overrides.get(name), dict):
-                overrides[name] = {**getattr(base, name).__dict__, **overrides[name]}
     towers = (cfg.image_tower, cfg.text_tower, cfg.lora_rank, cfg.freeze_towers, cfg.text_context)
     if any(t is not None for t in towers):
         if cfg.model not in PRESETS:
